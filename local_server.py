@@ -1,0 +1,113 @@
+"""Start and stop a private TorchServe for tests, benchmarks and scripts: free loopback ports,
+its own TMPDIR (TorchServe keeps one pid file per temp dir), logs outside the work tree, and a
+stop that leaves no JVM or worker behind."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent
+TORCHSERVE = Path(sys.executable).with_name("torchserve")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_processes() -> list[psutil.Process]:
+    """Every TorchServe frontend (JVM) or Python worker on this machine."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "org.pytorch.serve.ModelServer" in cmdline or "model_service_worker" in cmdline:
+            found.append(proc)
+    return found
+
+
+class LocalTorchServe:
+    """`with LocalTorchServe(model_store, models="sentiment.mar") as ts: requests.post(ts.inference + ...)`.
+
+    `config` entries override config.properties (e.g. {"enable_model_api": "false"}).
+    """
+
+    def __init__(self, model_store: Path, models: str = "sentiment.mar", config: dict | None = None, env: dict | None = None):
+        self.home = Path(tempfile.mkdtemp(prefix="torchserve-"))
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
+        self.inference, self.management, self.metrics = (f"http://127.0.0.1:{p}" for p in self.ports.values())
+        settings = read_properties(ROOT / "config.properties")
+        settings.update(
+            inference_address=self.inference,
+            management_address=self.management,
+            metrics_address=self.metrics,
+            model_store=str(Path(model_store).resolve()),
+            load_models=models,
+        )
+        settings.update(config or {})
+        self.config_file = self.home / "config.properties"
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self.env = {**os.environ, "TMPDIR": str(self.home), "LOG_LOCATION": str(self.home / "logs"),
+                    "METRICS_LOCATION": str(self.home / "logs"), **(env or {})}
+        self.frontend: psutil.Process | None = None
+
+    def start(self, timeout: float = 120) -> "LocalTorchServe":
+        subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
+                       env=self.env, cwd=self.home, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid_file = self.home / ".model_server.pid"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.frontend is None and pid_file.exists() and pid_file.read_text().strip():
+                self.frontend = psutil.Process(int(pid_file.read_text().strip()))
+            try:
+                if requests.get(self.inference + "/ping", timeout=2).json().get("status") == "Healthy":
+                    return self
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"TorchServe did not become healthy in {timeout} s; log:\n{self.log()[-3000:]}")
+
+    def log(self, name: str = "ts_log.log") -> str:
+        path = self.home / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def workers(self) -> list[psutil.Process]:
+        return [p for p in (self.frontend.children(recursive=True) if self.frontend else []) if p.is_running()]
+
+    def stop(self) -> None:
+        """`torchserve --stop`, then kill whatever of this server's process tree is left."""
+        tree = []
+        if self.frontend is not None and self.frontend.is_running():
+            tree = [self.frontend] + self.frontend.children(recursive=True)
+        subprocess.run([str(TORCHSERVE), "--stop"], env=self.env, cwd=self.home,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for proc in alive:
+            proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> "LocalTorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def read_properties(path: Path) -> dict:
+    settings = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
