@@ -67,14 +67,25 @@ class LocalTorchServe:
         while time.monotonic() < deadline:
             if self.frontend is None and pid_file.exists() and pid_file.read_text().strip():
                 self.frontend = psutil.Process(int(pid_file.read_text().strip()))
-            try:
-                if requests.get(self.inference + "/ping", timeout=2).json().get("status") == "Healthy":
-                    return self
-            except (requests.RequestException, ValueError):
-                pass
+            if self.ready():
+                return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"TorchServe did not become healthy in {timeout} s; log:\n{self.log()[-3000:]}")
+
+    def ready(self) -> bool:
+        """/ping answers Healthy and every registered model has a READY worker."""
+        try:
+            if requests.get(self.inference + "/ping", timeout=2).json().get("status") != "Healthy":
+                return False
+            names = [m["modelName"] for m in requests.get(self.management + "/models", timeout=2).json()["models"]]
+            return all(self.ready_workers(name) > 0 for name in names)
+        except (requests.RequestException, ValueError, KeyError):
+            return False
+
+    def ready_workers(self, model: str = "sentiment") -> int:
+        description = requests.get(f"{self.management}/models/{model}", timeout=5).json()
+        return sum(w["status"] == "READY" for version in description for w in version["workers"])
 
     def log(self, name: str = "ts_log.log") -> str:
         path = self.home / "logs" / name
