@@ -45,10 +45,10 @@ $(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signatur
 
 export: $(EXPORT)/signature.json ## TorchScript + ONNX core and signature.json into build/vN/export
 
-$(MAR): $(EXPORT)/signature.json handler.py payload.py model-config.yaml
+$(MAR): $(EXPORT)/signature.json handler.py payload.py prediction_metrics.py text.py model_def.py signature.py model-config.yaml
 	$(BIN)/torch-model-archiver --force --model-name $(MODEL_NAME) --version $(VERSION) \
 		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file model-config.yaml \
-		--extra-files text.py,model_def.py,signature.py,payload.py,$(EXPORT)/signature.json,$(EXPORT)/vocab.json \
+		--extra-files text.py,model_def.py,signature.py,payload.py,prediction_metrics.py,$(EXPORT)/signature.json,$(EXPORT)/vocab.json \
 		--export-path model_store
 	$(if $(filter 1,$(VERSION)),,mv model_store/$(MODEL_NAME).mar $@)
 	@echo "built $@"

@@ -11,7 +11,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from model_def import to_tensors
-from payload import BadRequest, Parsed, error_body, parse_request
+from payload import BadRequest, Parsed, RequestError, parse_request, response_body
+from prediction_metrics import PredictionMetrics
 from signature import Signature, load_vocab_index
 from text import encode_batch
 
@@ -28,6 +29,7 @@ class SentimentHandler(BaseHandler):
         model_dir = context.system_properties["model_dir"]
         self.signature = Signature.load(model_dir)
         self.index = load_vocab_index(model_dir, self.signature)
+        self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
         log.info("loaded %s v%s (%d features)", self.signature.model_name, self.signature.version, len(self.index))
 
@@ -45,33 +47,41 @@ class SentimentHandler(BaseHandler):
         """The Content-Type of the body parameter; form-encoded bodies arrive as fields, not a body."""
         if not any(name in row for name in ("body", "data")):
             return "application/x-www-form-urlencoded"
-        name = "body" if "body" in row else "data"
-        header = self.context.get_request_header(idx, name)
+        header = self.context.get_request_header(idx, "body" if "body" in row else "data")
         return header.get("content-type") if isinstance(header, dict) else header
 
-    def inference(self, parsed: list[Parsed]) -> tuple[list[Parsed], list[float]]:
-        """One forward pass over every text of every valid request in the batch."""
-        texts = [text for request in parsed for text in request.texts]
+    def inference(self, parsed: list[Parsed]) -> list[Parsed]:
+        """One forward pass over every text of every valid request in the batch. If it fails, each
+        request is retried alone, so one request that breaks the model fails alone (HTTP 500)."""
+        valid = [request for request in parsed if request.error is None]
+        try:
+            probabilities = self.forward([text for request in valid for text in request.texts])
+        except Exception:
+            log.exception("batch forward failed; retrying its %d requests one by one", len(valid))
+            for request in valid:
+                try:
+                    request.probabilities = self.forward(request.texts)
+                except Exception as error:
+                    log.exception("forward failed for one request")
+                    request.error = RequestError("inference_error", f"inference failed: {type(error).__name__}")
+            return parsed
+        cursor = 0
+        for request in valid:
+            request.probabilities = probabilities[cursor : cursor + len(request.texts)]
+            cursor += len(request.texts)
+        return parsed
+
+    def forward(self, texts: list[str]) -> list[float]:
         if not texts:
-            return parsed, []
+            return []
         with torch.inference_mode():
             logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.ngram)))
-        return parsed, torch.sigmoid(logits).tolist()
+        return torch.sigmoid(logits).tolist()
 
-    def postprocess(self, inference_output: tuple[list[Parsed], list[float]]) -> list[dict]:
-        parsed, probabilities = inference_output
-        responses, cursor = [], 0
+    def postprocess(self, parsed: list[Parsed]) -> list[dict]:
         for idx, request in enumerate(parsed):
             if request.error is not None:
-                log.info("request %d rejected (%s): %s", idx, request.error.kind, request.error)
-                self.context.set_response_status(400, str(request.error), idx)
-                responses.append(error_body(request.error))
-                continue
-            predictions = [self.prediction(p) for p in probabilities[cursor : cursor + len(request.texts)]]
-            cursor += len(request.texts)
-            version = {"model_version": self.signature.version}
-            responses.append({"predictions": predictions, **version} if request.is_list else {**predictions[0], **version})
-        return responses
-
-    def prediction(self, probability: float) -> dict:
-        return {"label": self.signature.label(probability), "probability": round(probability, 6)}
+                log.info("request %d answered %d (%s): %s", idx, request.error.status, request.error.kind, request.error)
+                self.context.set_response_status(request.error.status, str(request.error), idx)
+        self.prediction_metrics.record(parsed, self.signature)
+        return [response_body(request, self.signature) for request in parsed]

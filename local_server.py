@@ -69,9 +69,12 @@ class LocalTorchServe:
                 self.frontend = psutil.Process(int(pid_file.read_text().strip()))
             if self.ready():
                 return self
+            if "Load model failed" in self.log():
+                break
             time.sleep(0.5)
+        model_log = self.log("model_log.log")[-3000:]
         self.stop()
-        raise RuntimeError(f"TorchServe did not become healthy in {timeout} s; log:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"TorchServe did not become ready in {timeout} s; model log:\n{model_log}")
 
     def ready(self) -> bool:
         """/ping answers Healthy and every registered model has a READY worker."""

@@ -1,7 +1,10 @@
-"""Request bodies -> texts, and the errors clients get back: pure functions, no TorchServe import.
+"""The request and response formats: bodies -> texts, predictions -> JSON, errors -> JSON.
+Pure functions, no TorchServe import.
 
-TorchServe hands the handler JSON already parsed (dict/list), text/* already decoded (str), and
-anything it could not decode as raw bytes; `parse_request` accepts all three.
+Three request forms: {"text": "..."}, {"texts": [...]}, text/plain, and the KServe v2 (Open
+Inference Protocol) form {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [n], "data": [...]}]},
+answered in the same protocol. TorchServe hands the handler JSON already parsed (dict/list),
+text/* already decoded (str), and anything it could not decode as raw bytes.
 """
 
 import json
@@ -12,21 +15,37 @@ from signature import Signature
 JSON, PLAIN_TEXT = "application/json", "text/plain"
 
 
-class BadRequest(ValueError):
-    """Invalid client input: answered with HTTP 400, `kind` names it in logs and metrics."""
+class RequestError(Exception):
+    """A request that gets an error answer; `kind` names the cause in logs and metrics."""
+
+    status = 500
+    title = "InternalServerError"
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
 
+    def body(self) -> dict:
+        """Same shape as TorchServe's own errors ({"code", "type", "message"}), plus the kind."""
+        return {"code": self.status, "type": self.title, "kind": self.kind, "message": str(self)}
+
+
+class BadRequest(RequestError):
+    """Invalid client input: HTTP 400."""
+
+    status = 400
+    title = "BadRequest"
+
 
 @dataclass
 class Parsed:
-    """One client request: its texts, or the reason it was rejected."""
+    """One client request: its texts and the form it came in; later its probabilities, or its error."""
 
     texts: list[str] = field(default_factory=list)
-    is_list: bool = False
-    error: BadRequest | None = None
+    form: str = "text"  # "text", "texts" or "v2": decides the response shape
+    request_id: str | None = None
+    probabilities: list[float] | None = None
+    error: RequestError | None = None
 
 
 def parse_request(body, content_type: str | None, signature: Signature) -> Parsed:
@@ -54,16 +73,32 @@ def parse_request(body, content_type: str | None, signature: Signature) -> Parse
         return Parsed([check_text(body, "body", signature)])
     if not isinstance(body, dict):
         raise BadRequest("wrong_type", f'JSON body must be an object with "text" or "texts", got {type(body).__name__}')
+    if "inputs" in body:
+        return parse_v2(body, signature)
     if ("text" in body) == ("texts" in body):
         raise BadRequest("missing_text", 'JSON body must have exactly one of "text" (a string) or "texts" (a list of strings)')
     if "text" in body:
         return Parsed([check_text(body["text"], "text", signature)])
-    texts = body["texts"]
+    return Parsed(check_texts(body["texts"], "texts", signature), form="texts")
+
+
+def parse_v2(body: dict, signature: Signature) -> Parsed:
+    """KServe v2: the texts are the `data` of the input named "text" (datatype BYTES, shape [n])."""
+    inputs = body["inputs"]
+    named = [i for i in inputs if isinstance(i, dict) and i.get("name") == "text"] if isinstance(inputs, list) else []
+    if len(named) != 1:
+        raise BadRequest("missing_text", 'KServe v2 request must have exactly one input named "text" (datatype BYTES)')
+    request_id = body.get("id")
+    return Parsed(check_texts(named[0].get("data"), "inputs[text].data", signature), form="v2",
+                  request_id=request_id if isinstance(request_id, str) else None)
+
+
+def check_texts(texts, where: str, signature: Signature) -> list[str]:
     if not isinstance(texts, list):
-        raise BadRequest("wrong_type", f'"texts" must be a list of strings, got {type(texts).__name__}')
+        raise BadRequest("wrong_type", f"{where} must be a list of strings, got {type(texts).__name__}")
     if not 1 <= len(texts) <= signature.max_texts:
-        raise BadRequest("too_many_texts", f'"texts" must hold 1 to {signature.max_texts} strings, got {len(texts)}')
-    return Parsed([check_text(t, f"texts[{i}]", signature) for i, t in enumerate(texts)], is_list=True)
+        raise BadRequest("too_many_texts", f"{where} must hold 1 to {signature.max_texts} strings, got {len(texts)}")
+    return [check_text(t, f"{where}[{i}]", signature) for i, t in enumerate(texts)]
 
 
 def check_text(text, where: str, signature: Signature) -> str:
@@ -78,6 +113,18 @@ def check_text(text, where: str, signature: Signature) -> str:
     return text
 
 
-def error_body(error: BadRequest) -> dict:
-    """Same shape as TorchServe's own errors ({"code", "type", "message"}), plus the kind."""
-    return {"code": 400, "type": "BadRequest", "kind": error.kind, "message": str(error)}
+def response_body(request: Parsed, signature: Signature) -> dict:
+    """The answer to one request, in the form it was asked in."""
+    if request.error is not None:
+        return request.error.body()
+    probabilities = request.probabilities
+    labels = [signature.label(p) for p in probabilities]
+    if request.form == "v2":
+        body = {"model_name": signature.model_name, "model_version": signature.version, "outputs": [
+            {"name": "probability", "datatype": "FP32", "shape": [len(probabilities)], "data": probabilities},
+            {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels},
+        ]}
+        return {"id": request.request_id, **body} if request.request_id else body
+    predictions = [{"label": label, "probability": round(p, 6)} for label, p in zip(labels, probabilities)]
+    version = {"model_version": signature.version}
+    return {"predictions": predictions, **version} if request.form == "texts" else {**predictions[0], **version}

@@ -1,0 +1,298 @@
+"""Score a file of reviews with the exported serving function: same core, same encoding, same checks.
+
+    python batch_predict.py reviews.csv scored.parquet                  # --column text, --artifact build/v1/export
+    python batch_predict.py reviews.jsonl scored.jsonl --column review
+    python batch_predict.py reviews.csv scored.csv --endpoint http://127.0.0.1:8080/predictions/sentiment
+
+Input: .csv (with a header), .jsonl/.ndjson (one JSON object a line) or .parquet. Output, chosen by
+its extension (.csv, .jsonl, .parquet): every input row in input order, plus `probability`, `label`
+and `error`. A row that cannot be scored (bad CSV row, invalid JSON, missing/non-string/empty text,
+text over signature.max_chars, a null byte: the checks the HTTP endpoint makes) keeps empty
+probability and label, and says why, with its line number, in `error` and on stderr; it is never dropped.
+The output is written to a temporary file in the same folder and renamed into place at the end, so
+OUT is either the complete result or what it was before. The whole file is held in memory: files
+that don't fit go to spark_predict.py, which runs `score_frame` below on each Arrow batch.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from model_def import to_tensors
+from payload import BadRequest, check_text
+from signature import Signature, load_vocab_index
+from text import encode_batch
+
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "build" / "v1" / "export"
+OUTPUT_COLUMNS = ("probability", "label", "error")
+BATCH_SIZE = 4096  # texts per forward pass: encoding dominates, the forward pass takes a few ms
+ERRORS_SHOWN = 100  # bad rows listed on stderr; all of them are marked in the output
+
+log = logging.getLogger("batch_predict")
+
+
+class Core:
+    """The exported TorchScript core as `texts -> probabilities`, with its signature and vocabulary."""
+
+    def __init__(self, artifact: Path):
+        artifact = Path(artifact)
+        self.signature = Signature.load(artifact)
+        self.index = load_vocab_index(artifact, self.signature)
+        self.model = torch.jit.load(str(artifact / self.signature.model_file)).eval()
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        with torch.inference_mode():
+            logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.ngram)))
+        return torch.sigmoid(logits).tolist()
+
+
+@lru_cache(maxsize=4)
+def load_core(artifact: str) -> Core:
+    """One Core per artifact per process: a Spark Python worker loads it once and reuses it for every batch."""
+    return Core(Path(artifact))
+
+
+class Endpoint:
+    """A running TorchServe as `texts -> probabilities`: {"texts": [...]} requests of signature.max_texts, in parallel."""
+
+    def __init__(self, url: str, signature: Signature, workers: int = 4, timeout: float = 60.0):
+        import requests  # only this mode needs it
+
+        self.url, self.signature, self.workers, self.timeout = url, signature, workers, timeout
+        self.local = threading.local()
+        self.session = lambda: self.local.__dict__.setdefault("session", requests.Session())
+
+    def post(self, texts: list[str]) -> list[float]:
+        response = self.session().post(self.url, json={"texts": texts}, timeout=self.timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"{self.url} answered {response.status_code}: {response.text[:500]}")
+        return [p["probability"] for p in response.json()["predictions"]]
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        size = self.signature.max_texts
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            return [p for chunk in pool.map(self.post, chunks) for p in chunk]
+
+
+def row_error(value, column: str, signature: Signature) -> str | None:
+    """Why this text cannot be scored (None if it can): the endpoint's own checks (payload.check_text)."""
+    if is_missing(value):
+        return f"missing_field: no {column!r}"
+    try:
+        check_text(value, column, signature)
+    except BadRequest as error:
+        return f"{error.kind}: {error}"
+    return None
+
+
+def score_frame(frame: pd.DataFrame, score, column: str, signature: Signature, errors: list | None = None) -> pd.DataFrame:
+    """`frame` plus probability, label and error. `score` maps texts to probabilities (Core, Endpoint);
+    `errors` holds problems found while reading (None where there was none). Shared with spark_predict.py."""
+    values = frame[column].tolist() if column in frame.columns else [None] * len(frame)
+    errors = [error or row_error(value, column, signature) for error, value in zip(errors or [None] * len(frame), values)]
+    good = [i for i, error in enumerate(errors) if error is None]
+    probabilities = [math.nan] * len(frame)
+    labels = [None] * len(frame)
+    for i, p in zip(good, score([values[i] for i in good])):
+        probabilities[i], labels[i] = p, signature.label(p)
+    out = frame.copy()
+    out["probability"] = pd.Series(probabilities, index=frame.index, dtype="float64")
+    out["label"] = pd.Series(labels, index=frame.index, dtype=object)
+    out["error"] = pd.Series(errors, index=frame.index, dtype=object)
+    return out
+
+
+# ---- reading: rows, where each row is in the file, and what was wrong with it while reading
+
+
+def read_csv(path: Path) -> tuple[pd.DataFrame, list[str], list[str | None]]:
+    csv.field_size_limit(2**31 - 1)  # long texts are reported as too long, not a crash of the whole file
+    records, where, errors = [], [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        line = reader.line_num + 1
+        for fields in reader:
+            if fields:  # a blank line is no row
+                records.append(dict(zip(header, fields)))
+                where.append(f"line {line}")
+                errors.append(None if len(fields) == len(header) else f"bad_csv_row: {len(fields)} fields, the header has {len(header)}")
+            line = reader.line_num + 1
+    return pd.DataFrame(records, columns=header, dtype=object), where, errors
+
+
+def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str], list[str | None]]:
+    records, where, errors = [], [], []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():  # a blank line is no row
+                continue
+            record, error = {}, None
+            try:
+                record = json.loads(raw)
+            except ValueError as e:  # invalid JSON or invalid UTF-8
+                error = f"invalid_json: {e}"
+            if not isinstance(record, dict):
+                record, error = {}, f"wrong_type: a line must be a JSON object, got {type(record).__name__}"
+            records.append(record)
+            where.append(f"line {number}")
+            errors.append(error)
+    return pd.DataFrame(records, dtype=object), where, errors
+
+
+def read_parquet(path: Path) -> tuple[pd.DataFrame, list[str], list[str | None]]:
+    frame = pd.read_parquet(path)
+    return frame, [f"row {i}" for i in range(1, len(frame) + 1)], [None] * len(frame)
+
+
+READERS = {".csv": read_csv, ".jsonl": read_jsonl, ".ndjson": read_jsonl, ".parquet": read_parquet}
+
+
+# ---- writing: to a temporary file next to the output, renamed into place once it is complete
+
+
+def write_csv(frame: pd.DataFrame, path: str) -> None:
+    frame.to_csv(path, index=False)
+
+
+def write_jsonl(frame: pd.DataFrame, path: str) -> None:
+    """json, not DataFrame.to_json: full float precision and values as they came in (ints stay ints)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for record in frame.to_dict("records"):
+            record = {k: None if is_missing(v) else v for k, v in record.items()}
+            f.write(json.dumps(record, ensure_ascii=False, default=plain) + "\n")
+
+
+def write_parquet(frame: pd.DataFrame, path: str) -> None:
+    columns = {}
+    for name in frame.columns:
+        try:
+            columns[name] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types (a JSON field that is a number in one row, text in another)
+            columns[name] = pa.array([None if is_missing(v) else v if isinstance(v, str) else json.dumps(v, default=plain)
+                                      for v in frame[name]], pa.string())
+    pq.write_table(pa.table(columns), path)
+
+
+def is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def plain(value):
+    """numpy scalars and arrays (from Parquet input) as Python values, anything else as text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+WRITERS = {".csv": write_csv, ".jsonl": write_jsonl, ".ndjson": write_jsonl, ".parquet": write_parquet}
+
+
+def write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    writer = WRITERS[path.suffix.lower()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        writer(frame, str(temporary))
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def format_of(path: Path, table: dict) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in table:
+        raise SystemExit(f"{path}: unsupported extension {suffix or '(none)'!r}, use one of {', '.join(table)}")
+    return suffix
+
+
+def run(source: Path, target: Path, column: str = "text", artifact: Path = DEFAULT_ARTIFACT,
+        batch_size: int = BATCH_SIZE, endpoint: str | None = None, workers: int = 4) -> dict:
+    """Score `source` into `target`; returns the summary."""
+    source, target = Path(source), Path(target)
+    read, _ = READERS[format_of(source, READERS)], format_of(target, WRITERS)
+    started = time.perf_counter()
+    if endpoint:
+        signature = Signature.load(artifact)  # limits and labels; the model is the server's
+        score = Endpoint(endpoint, signature, workers)
+    else:
+        score = load_core(str(artifact))
+        signature = score.signature
+
+    frame, where, errors = read(source)
+    clash = [name for name in OUTPUT_COLUMNS if name in frame.columns]
+    if clash:
+        raise SystemExit(f"{source}: input already has column(s) {clash}; rename them so nothing is overwritten")
+    if len(frame) and column not in frame.columns:
+        raise SystemExit(f"{source}: no row has a {column!r} field (columns: {list(frame.columns)}); use --column")
+
+    parts = []
+    with tqdm(total=len(frame), unit="row", desc="scoring", file=sys.stderr) as progress:
+        for start in range(0, len(frame), batch_size):
+            stop = min(start + batch_size, len(frame))
+            parts.append(score_frame(frame.iloc[start:stop], score, column, signature, errors[start:stop]))
+            progress.update(stop - start)
+    out = pd.concat(parts) if parts else score_frame(frame, score, column, signature)
+
+    bad = out["error"].notna().to_numpy()
+    for i in bad.nonzero()[0][:ERRORS_SHOWN]:
+        log.warning("%s %s: %s", source, where[i], out["error"].iat[i])
+    if bad.sum() > ERRORS_SHOWN:
+        log.warning("... and %d more bad rows: see the error column of %s", bad.sum() - ERRORS_SHOWN, target)
+    out["error"] = [f"{w}: {e}" if b else None for w, e, b in zip(where, out["error"], bad)]
+
+    write_atomic(out, target)
+    seconds = time.perf_counter() - started
+    summary = {
+        "rows": len(out),
+        "scored": int((~bad).sum()),
+        "skipped_bad_rows": int(bad.sum()),
+        "positives": int((out["label"] == signature.labels[1]).sum()),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(len(out) / seconds, 1),
+        "output": str(target),
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", type=Path, help=".csv, .jsonl/.ndjson or .parquet")
+    parser.add_argument("output", type=Path, help=".csv, .jsonl/.ndjson or .parquet (written atomically)")
+    parser.add_argument("--column", default="text", help="the text column / JSON field (default: text)")
+    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="export folder (default: build/v1/export)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="texts per forward pass")
+    parser.add_argument("--endpoint", help="score on a running TorchServe instead, e.g. http://127.0.0.1:8080/predictions/sentiment")
+    parser.add_argument("--workers", type=int, default=4, help="parallel requests in --endpoint mode")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    summary = run(args.input, args.output, args.column, args.artifact, args.batch_size, args.endpoint, args.workers)
+    print(
+        f"rows {summary['rows']}  scored {summary['scored']}  skipped bad rows {summary['skipped_bad_rows']}  "
+        f"positives {summary['positives']}  {summary['rows_per_s']:.0f} rows/s ({summary['seconds']:.2f} s)  -> {summary['output']}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Score a file of reviews on Apache Spark with the exported serving function: batch_predict.score_frame
+on every Arrow batch (mapInPandas), the TorchScript core loaded once per Python worker and reused.
+
+    python spark_predict.py reviews.csv scored.parquet                    # local[*]
+    python spark_predict.py reviews.jsonl scored.jsonl --column review --master local[2]
+
+Output: a Spark output folder (part files and _SUCCESS, written through Spark's commit protocol, so a
+failed job leaves no _SUCCESS) in the format of OUT's extension (.csv, .jsonl, .parquet), with the
+input columns plus probability, label and error, as batch_predict.py writes them. Spark readers do
+not know line numbers, so `error` says what is wrong but not where; JSON lines Spark cannot parse
+come through with the text missing and Spark's _corrupt_record column.
+
+On a cluster (YARN shown; the executors need the Python packages of requirements.txt, shipped here
+as a venv-pack archive), the artifact folder and input/output on a filesystem every node can read:
+
+    venv-pack -o env.tar.gz
+    spark-submit --master yarn --deploy-mode cluster \\
+        --archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \\
+        --py-files batch_predict.py,payload.py,signature.py,text.py,model_def.py \\
+        spark_predict.py hdfs:///reviews/2024.jsonl hdfs:///reviews/2024-scored.parquet \\
+        --artifact hdfs:///models/sentiment/v1/export --master yarn
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pyspark import SparkFiles
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, load_core, score_frame
+from signature import Signature
+
+ROOT = Path(__file__).resolve().parent
+MODULES = ("batch_predict.py", "payload.py", "signature.py", "text.py", "model_def.py")  # what the workers import
+FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
+# The project pins pandas 3; PySpark 4.3 works with it (tests/test_spark.py checks the results) but warns on every call.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
+
+def local_session(master: str = "local[*]") -> SparkSession:
+    """A Spark session whose Python workers run this interpreter (the venv with torch)."""
+    if master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master(master).appName("sentiment-batch")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def ship(spark: SparkSession, artifact: str) -> str:
+    """Send the modules and the export folder to every executor (and the driver); the folder's name in SparkFiles."""
+    for module in MODULES:
+        spark.sparkContext.addPyFile(str(ROOT / module))
+    spark.sparkContext.addFile(str(artifact), recursive=True)  # the same path twice is added once
+    return Path(str(artifact).rstrip("/")).name
+
+
+def score_dataframe(df: DataFrame, artifact: str = str(DEFAULT_ARTIFACT), column: str = "text") -> DataFrame:
+    """`df` plus probability, label and error, scored on the executors."""
+    folder = ship(df.sparkSession, artifact)
+    schema = StructType(df.schema.fields + [
+        StructField("probability", DoubleType()), StructField("label", StringType()), StructField("error", StringType()),
+    ])
+
+    def score_batches(batches):
+        core = load_core(SparkFiles.get(folder))  # cached in the worker process: loaded once, reused by every task
+        for batch in batches:
+            yield score_frame(batch, core, column, core.signature)
+
+    return df.mapInPandas(score_batches, schema)
+
+
+def read(spark: SparkSession, path: str) -> DataFrame:
+    kind = FORMATS[Path(path).suffix.lower()]
+    if kind == "csv":  # RFC 4180 like Python's csv: quoted fields may hold newlines, "" escapes a quote
+        return spark.read.csv(path, header=True, multiLine=True, escape='"')
+    if kind == "json":
+        return spark.read.json(path, mode="PERMISSIVE")
+    return spark.read.parquet(path)
+
+
+def run(spark: SparkSession, source: str, target: str, column: str = "text", artifact: str = str(DEFAULT_ARTIFACT)) -> dict:
+    started = time.perf_counter()
+    df = read(spark, source)
+    clash = [name for name in OUTPUT_COLUMNS if name in df.columns]
+    if clash:
+        raise SystemExit(f"{source}: input already has column(s) {clash}; rename them so nothing is overwritten")
+    if column not in df.columns:
+        raise SystemExit(f"{source}: no {column!r} column (columns: {df.columns}); use --column")
+    kind = FORMATS[Path(target).suffix.lower()]
+    options = {"csv": {"header": True, "escape": '"'}, "json": {"ignoreNullFields": False}}.get(kind, {})
+    score_dataframe(df, artifact, column).write.mode("overwrite").format(kind).options(**options).save(target)
+
+    out = read(spark, target)
+    positive = Signature.load(SparkFiles.get(ship(spark, artifact))).labels[1]
+    counts = out.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count("probability").alias("scored"),
+        F.count("error").alias("skipped_bad_rows"),
+        F.sum((F.col("label") == positive).cast("long")).alias("positives"),
+    ).first().asDict()
+    for row in out.where(F.col("error").isNotNull()).select("error").limit(ERRORS_SHOWN).collect():
+        print(f"{source}: {row.error}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    return {**{k: int(v or 0) for k, v in counts.items()}, "seconds": round(seconds, 3),
+            "rows_per_s": round(counts["rows"] / seconds, 1), "output": target}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help=".csv, .jsonl/.ndjson or .parquet (file or folder)")
+    parser.add_argument("output", help="output folder; its extension picks the format: .csv, .jsonl, .parquet")
+    parser.add_argument("--column", default="text", help="the text column / JSON field (default: text)")
+    parser.add_argument("--artifact", default=str(DEFAULT_ARTIFACT), help="export folder (default: build/v1/export)")
+    parser.add_argument("--master", default="local[*]", help="Spark master (default: local[*])")
+    args = parser.parse_args(argv)
+
+    spark = local_session(args.master)
+    try:
+        summary = run(spark, args.input, args.output, args.column, args.artifact)
+    finally:
+        spark.stop()
+    print(
+        f"rows {summary['rows']}  scored {summary['scored']}  skipped bad rows {summary['skipped_bad_rows']}  "
+        f"positives {summary['positives']}  {summary['rows_per_s']:.0f} rows/s ({summary['seconds']:.2f} s)  -> {summary['output']}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

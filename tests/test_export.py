@@ -1,0 +1,145 @@
+"""export.py and signature.py: the exported cores match the eager model; signature.json is the full contract."""
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import export
+import train
+from model_def import to_tensors
+from signature import SIGNATURE_FILE, Signature, load_vocab_index
+from text import encode_batch
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = ROOT / "build" / "v1"
+DATA_README = train.DATA_DIR / "README.md"
+
+
+@pytest.fixture(scope="module")
+def eager(export_dir):
+    model, config = export.load_checkpoint(CHECKPOINT_DIR)
+    return model, config
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    texts, labels, _ = train.load_dataset()
+    idx = train.split(len(texts))["test"]
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
+@pytest.fixture(scope="module")
+def eager_probs(eager, test_split, vocab_index):
+    model, config = eager
+    return train.predict_proba(model, test_split[0], vocab_index, config.ngram)
+
+
+# --- parity ---------------------------------------------------------------------------------------
+
+def test_export_vocab_is_the_checkpoint_vocab(export_dir, signature):
+    assert (export_dir / signature.vocab_file).read_bytes() == (CHECKPOINT_DIR / "vocab.json").read_bytes()
+
+
+def test_torchscript_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
+    scripted = torch.jit.load(str(export_dir / signature.model_file))
+    assert not scripted.training  # exported in eval mode
+    probs = train.predict_proba(scripted, test_split[0], vocab_index, eager[1].ngram)
+    assert probs.shape == eager_probs.shape == (len(test_split[0]),)
+    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
+
+
+def test_onnx_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
+    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], vocab_index, eager[1].ngram)
+    assert probs.shape == eager_probs.shape
+    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
+
+
+def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, vocab_index, eager):
+    model, config = eager
+    texts = ["", "a fine film", "zorblax", "dull"]
+    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, vocab_index, config.ngram)
+    assert (onnx - train.predict_proba(model, texts, vocab_index, config.ngram)).abs().max().item() < 1e-5
+    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], vocab_index, config.ngram)
+    assert single.shape == (1,) and single.item() == pytest.approx(onnx[3].item(), abs=1e-6)
+
+
+def test_onnx_graph_uses_the_signature_names_and_dtypes(export_dir, signature):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(export_dir / signature.onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [i["name"] for i in signature.inputs]
+    assert [o.name for o in session.get_outputs()] == [o["name"] for o in signature.outputs]
+    assert [i.type for i in session.get_inputs()] == ["tensor(int64)", "tensor(int64)"]
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)"]
+
+
+def test_torchscript_core_carries_no_training_state(export_dir, signature, eager):
+    scripted = torch.jit.load(str(export_dir / signature.model_file))
+    state = scripted.state_dict()
+    assert set(state) == {"weight.weight", "bias", "feature_scale"}
+    for name, tensor in eager[0].state_dict().items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_recorded_test_metrics_are_reproducible(signature, eager, test_split, vocab_index):
+    """signature.json's held-out accuracy is what the shipped vocabulary + text.py + checkpoint score today."""
+    model, config = eager
+    metrics = train.evaluate(model, *test_split, vocab_index, config.ngram, threshold=signature.threshold)
+    assert metrics == signature.metrics["test"]
+
+
+# --- signature.json -------------------------------------------------------------------------------
+
+def test_signature_round_trips(export_dir, signature, tmp_path):
+    signature.save(tmp_path)
+    again = Signature.load(tmp_path)
+    assert again == signature
+    assert isinstance(again.labels, tuple)
+    assert json.loads((tmp_path / SIGNATURE_FILE).read_text()) == json.loads((export_dir / SIGNATURE_FILE).read_text())
+
+
+def test_signature_names_everything_the_handler_needs(export_dir, signature, eager):
+    raw = json.loads((export_dir / SIGNATURE_FILE).read_text())
+    assert set(raw) == set(asdict(signature))  # no field silently missing or extra
+    for file in (signature.model_file, signature.onnx_file, signature.vocab_file):
+        assert (export_dir / file).is_file(), file
+    assert signature.model_file == "model.pt" and signature.vocab_file == "vocab.json"
+    assert signature.labels == ("negative", "positive")
+    assert 0 < signature.threshold < 1
+    assert signature.ngram == eager[1].ngram
+    assert isinstance(signature.max_chars, int) and signature.max_chars > 0
+    assert isinstance(signature.max_texts, int) and signature.max_texts > 0
+    assert [i["name"] for i in signature.inputs] == ["ids", "offsets"]
+    assert [i["dtype"] for i in signature.inputs] == ["int64", "int64"]
+    assert [o["name"] for o in signature.outputs] == ["logit"]
+    assert isinstance(signature.version, str) and signature.version == "1"
+    assert signature.model_name == "sentiment"
+    assert len(load_vocab_index(export_dir, signature)) == eager[0].weight.num_embeddings
+
+
+def test_signature_data_md5_matches_the_data_and_its_readme(signature):
+    _, _, md5 = train.load_dataset()
+    assert signature.data_md5 == md5
+    readme = DATA_README.read_text()
+    for name, digest in md5.items():
+        assert re.search(rf"`{re.escape(name)}` {digest}", readme), name
+
+
+def test_signature_metrics_clear_the_accuracy_bar(signature, test_split):
+    test = signature.metrics["test"]
+    assert test["accuracy"] >= 0.78
+    assert test["roc_auc"] >= 0.85
+    assert test["size"] == len(test_split[1])
+    assert signature.metrics["split_seed"] == train.SPLIT_SEED
+
+
+def test_signature_label_applies_the_threshold(signature):
+    assert signature.label(signature.threshold) == "positive"
+    assert signature.label(signature.threshold - 1e-6) == "negative"
+    assert signature.label(1.0) == "positive" and signature.label(0.0) == "negative"
