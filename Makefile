@@ -35,7 +35,7 @@ install: $(VENV)/.installed ## create .venv with the pinned serving dependencies
 
 install-dev: $(VENV)/.installed-dev ## add test and benchmark dependencies
 
-$(BUILD)/checkpoint.pt: | $(VENV)/.installed
+$(BUILD)/checkpoint.pt: train.py text.py model_def.py | $(VENV)/.installed
 	$(PY) train.py --out $(BUILD) --seed $(SEED)
 
 train: $(BUILD)/checkpoint.pt ## train on rt-polarity if no model exists (VERSION=1, SEED=VERSION)

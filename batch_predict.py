@@ -60,7 +60,7 @@ class Core:
         if not texts:
             return []
         with torch.inference_mode():
-            logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.ngram)))
+            logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.features)))
         return torch.sigmoid(logits).tolist()
 
 

@@ -24,13 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_processes() -> list[psutil.Process]:
-    """Every TorchServe frontend (JVM) or Python worker on this machine."""
+def server_processes(homes: set[str] | None = None) -> list[psutil.Process]:
+    """TorchServe frontends (JVM) and Python workers on this machine; with `homes`, only those
+    started from one of those LocalTorchServe homes (their TMPDIR)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "org.pytorch.serve.ModelServer" in cmdline or "model_service_worker" in cmdline:
-            found.append(proc)
+            try:
+                if homes is None or proc.environ().get("TMPDIR") in homes:
+                    found.append(proc)
+            except psutil.Error:
+                pass
     return found
 
 
@@ -40,8 +45,11 @@ class LocalTorchServe:
     `config` entries override config.properties (e.g. {"enable_model_api": "false"}).
     """
 
+    homes: set[str] = set()  # of every instance, so a test session can check that none outlived it
+
     def __init__(self, model_store: Path, models: str = "sentiment.mar", config: dict | None = None, env: dict | None = None):
         self.home = Path(tempfile.mkdtemp(prefix="torchserve-"))
+        LocalTorchServe.homes.add(str(self.home))
         self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
         self.inference, self.management, self.metrics = (f"http://127.0.0.1:{p}" for p in self.ports.values())
         settings = read_properties(ROOT / "config.properties")
@@ -51,6 +59,11 @@ class LocalTorchServe:
             metrics_address=self.metrics,
             model_store=str(Path(model_store).resolve()),
             load_models=models,
+            # Workers talk to the frontend over /tmp/.ts.sock.<port> (the JVM ignores TMPDIR), counting
+            # up from 9000: a server of its own needs a range of its own.
+            initial_worker_port=free_port(),
+            grpc_inference_port=free_port(),
+            grpc_management_port=free_port(),
         )
         settings.update(config or {})
         self.config_file = self.home / "config.properties"
@@ -72,9 +85,9 @@ class LocalTorchServe:
             if "Load model failed" in self.log():
                 break
             time.sleep(0.5)
-        model_log = self.log("model_log.log")[-3000:]
+        logs = self.log()[-2000:] + "\n" + self.log("model_log.log")[-2000:]
         self.stop()
-        raise RuntimeError(f"TorchServe did not become ready in {timeout} s; model log:\n{model_log}")
+        raise RuntimeError(f"TorchServe did not become ready in {timeout} s; logs:\n{logs}")
 
     def ready(self) -> bool:
         """/ping answers Healthy and every registered model has a READY worker."""
@@ -99,6 +112,8 @@ class LocalTorchServe:
 
     def stop(self) -> None:
         """`torchserve --stop`, then kill whatever of this server's process tree is left."""
+        if not self.home.exists():
+            return
         tree = []
         if self.frontend is not None and self.frontend.is_running():
             tree = [self.frontend] + self.frontend.children(recursive=True)

@@ -14,7 +14,6 @@ from torch import nn
 @dataclass
 class ModelConfig:
     vocab_size: int
-    ngram: int = 2
 
 
 class SentimentClassifier(nn.Module):

@@ -69,6 +69,8 @@ def parse_request(body, content_type: str | None, signature: Signature) -> Parse
                 body = json.loads(body)
             except json.JSONDecodeError as e:
                 raise BadRequest("invalid_json", f"body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise BadRequest("invalid_json", "body is not valid JSON: nested too deeply") from None
     if content_type == PLAIN_TEXT:
         return Parsed([check_text(body, "body", signature)])
     if not isinstance(body, dict):
@@ -117,14 +119,14 @@ def response_body(request: Parsed, signature: Signature) -> dict:
     """The answer to one request, in the form it was asked in."""
     if request.error is not None:
         return request.error.body()
-    probabilities = request.probabilities
-    labels = [signature.label(p) for p in probabilities]
+    probabilities = [round(p, 6) for p in request.probabilities]
+    labels = [signature.label(p) for p in probabilities]  # from the rounded value, so the two never disagree
     if request.form == "v2":
         body = {"model_name": signature.model_name, "model_version": signature.version, "outputs": [
             {"name": "probability", "datatype": "FP32", "shape": [len(probabilities)], "data": probabilities},
             {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels},
         ]}
         return {"id": request.request_id, **body} if request.request_id else body
-    predictions = [{"label": label, "probability": round(p, 6)} for label, p in zip(labels, probabilities)]
+    predictions = [{"label": label, "probability": p} for label, p in zip(labels, probabilities)]
     version = {"model_version": signature.version}
     return {"predictions": predictions, **version} if request.form == "texts" else {**predictions[0], **version}

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from text import Features
+
 MODEL_NAME = "sentiment"
 SIGNATURE_FILE = "signature.json"
 MODEL_FILE = "model.pt"
@@ -16,7 +18,7 @@ VOCAB_FILE = "vocab.json"
 class Signature:
     model_name: str
     version: str
-    ngram: int
+    features: Features
     metrics: dict
     data_md5: dict
     labels: tuple = ("negative", "positive")
@@ -46,6 +48,7 @@ class Signature:
     def load(cls, folder: Path) -> "Signature":
         fields = json.loads((Path(folder) / SIGNATURE_FILE).read_text())
         fields["labels"] = tuple(fields["labels"])
+        fields["features"] = Features(**fields["features"])
         return cls(**fields)
 
 

@@ -7,8 +7,10 @@ on every Arrow batch (mapInPandas), the TorchScript core loaded once per Python 
 Output: a Spark output folder (part files and _SUCCESS, written through Spark's commit protocol, so a
 failed job leaves no _SUCCESS) in the format of OUT's extension (.csv, .jsonl, .parquet), with the
 input columns plus probability, label and error, as batch_predict.py writes them. Spark readers do
-not know line numbers, so `error` says what is wrong but not where; JSON lines Spark cannot parse
-come through with the text missing and Spark's _corrupt_record column.
+not know line numbers, so `error` says what is wrong but not where. Rows Spark cannot parse (invalid
+JSON, a CSV row with the wrong number of fields) are marked bad and keep their raw text in the
+extra column _corrupt_record. Spark's JSON reader turns a number in the text field into text (and
+scores it) where batch_predict.py reports a wrong_type row.
 
 On a cluster (YARN shown; the executors need the Python packages of requirements.txt, shipped here
 as a venv-pack archive), the artifact folder and input/output on a filesystem every node can read:
@@ -33,11 +35,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, load_core, score_frame
+from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, is_missing, load_core, score_frame
 from signature import Signature
 
 ROOT = Path(__file__).resolve().parent
 MODULES = ("batch_predict.py", "payload.py", "signature.py", "text.py", "model_def.py")  # what the workers import
+CORRUPT = "_corrupt_record"  # Spark's column for rows it could not parse: they are marked as bad, never dropped
 FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
 # The project pins pandas 3; PySpark 4.3 works with it (tests/test_spark.py checks the results) but warns on every call.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -75,33 +78,45 @@ def score_dataframe(df: DataFrame, artifact: str = str(DEFAULT_ARTIFACT), column
     def score_batches(batches):
         core = load_core(SparkFiles.get(folder))  # cached in the worker process: loaded once, reused by every task
         for batch in batches:
-            yield score_frame(batch, core, column, core.signature)
+            corrupt = batch[CORRUPT].tolist() if CORRUPT in batch.columns else [None] * len(batch)
+            errors = [None if is_missing(c) else "bad_row: Spark could not parse it (see _corrupt_record)" for c in corrupt]
+            yield score_frame(batch, core, column, core.signature, errors)
 
     return df.mapInPandas(score_batches, schema)
 
 
+CSV_OPTIONS = {"header": True, "multiLine": True, "escape": '"'}  # RFC 4180 like Python's csv: "" escapes a quote
+
+
 def read(spark: SparkSession, path: str) -> DataFrame:
+    """Input rows; those Spark cannot parse come with their raw text in _corrupt_record."""
     kind = FORMATS[Path(path).suffix.lower()]
-    if kind == "csv":  # RFC 4180 like Python's csv: quoted fields may hold newlines, "" escapes a quote
-        return spark.read.csv(path, header=True, multiLine=True, escape='"')
+    if kind == "csv":
+        columns = spark.read.options(**CSV_OPTIONS).csv(path).schema.fields  # the header, as strings
+        schema = StructType(columns + [StructField(CORRUPT, StringType())])  # rows with too many or too few fields
+        return spark.read.options(**CSV_OPTIONS).schema(schema).csv(path)
     if kind == "json":
-        return spark.read.json(path, mode="PERMISSIVE")
+        return spark.read.json(path, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
     return spark.read.parquet(path)
 
 
-def run(spark: SparkSession, source: str, target: str, column: str = "text", artifact: str = str(DEFAULT_ARTIFACT)) -> dict:
+def run(spark: SparkSession, source: str, target: str, column: str = "text", artifact: str = str(DEFAULT_ARTIFACT),
+        partitions: int | None = None) -> dict:
     started = time.perf_counter()
     df = read(spark, source)
+    if partitions:  # a small or multi-line CSV file is one partition: spread it over the cores (row order is lost)
+        df = df.repartition(partitions)
     clash = [name for name in OUTPUT_COLUMNS if name in df.columns]
     if clash:
         raise SystemExit(f"{source}: input already has column(s) {clash}; rename them so nothing is overwritten")
     if column not in df.columns:
         raise SystemExit(f"{source}: no {column!r} column (columns: {df.columns}); use --column")
     kind = FORMATS[Path(target).suffix.lower()]
-    options = {"csv": {"header": True, "escape": '"'}, "json": {"ignoreNullFields": False}}.get(kind, {})
+    options = {"csv": CSV_OPTIONS, "json": {"ignoreNullFields": False}}.get(kind, {})
     score_dataframe(df, artifact, column).write.mode("overwrite").format(kind).options(**options).save(target)
 
-    out = read(spark, target)
+    # counted from what was written; our _corrupt_record column is data there, not Spark's parse-error column
+    out = spark.read.format(kind).options(**options, columnNameOfCorruptRecord="_unparsable_output").load(target)
     positive = Signature.load(SparkFiles.get(ship(spark, artifact))).labels[1]
     counts = out.agg(
         F.count(F.lit(1)).alias("rows"),
@@ -123,11 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--column", default="text", help="the text column / JSON field (default: text)")
     parser.add_argument("--artifact", default=str(DEFAULT_ARTIFACT), help="export folder (default: build/v1/export)")
     parser.add_argument("--master", default="local[*]", help="Spark master (default: local[*])")
+    parser.add_argument("--partitions", type=int, help="repartition the input first (default: as Spark reads it)")
     args = parser.parse_args(argv)
 
     spark = local_session(args.master)
     try:
-        summary = run(spark, args.input, args.output, args.column, args.artifact)
+        summary = run(spark, args.input, args.output, args.column, args.artifact, args.partitions)
     finally:
         spark.stop()
     print(

@@ -46,7 +46,6 @@ def server(export_dir):
 
 @pytest.fixture(scope="session", autouse=True)
 def no_server_left_behind():
-    before = {p.pid for p in server_processes()}
     yield
-    left = [p for p in server_processes() if p.pid not in before]
-    assert not left, f"TorchServe processes outlived the tests: {[p.pid for p in left]}"
+    left = server_processes(LocalTorchServe.homes)
+    assert not left, f"TorchServe processes started by the tests outlived them: {[p.pid for p in left]}"

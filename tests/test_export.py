@@ -12,7 +12,7 @@ import export
 import train
 from model_def import to_tensors
 from signature import SIGNATURE_FILE, Signature, load_vocab_index
-from text import encode_batch
+from text import Features, build_vocab, encode_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -23,8 +23,8 @@ DATA_README = train.DATA_DIR / "README.md"
 
 @pytest.fixture(scope="module")
 def eager(export_dir):
-    model, config = export.load_checkpoint(CHECKPOINT_DIR)
-    return model, config
+    model, features = export.load_checkpoint(CHECKPOINT_DIR)
+    return model, features
 
 
 @pytest.fixture(scope="module")
@@ -36,37 +36,50 @@ def test_split():
 
 @pytest.fixture(scope="module")
 def eager_probs(eager, test_split, vocab_index):
-    model, config = eager
-    return train.predict_proba(model, test_split[0], vocab_index, config.ngram)
+    model, features = eager
+    return train.predict_proba(model, test_split[0], vocab_index, features)
 
 
-# --- parity ---------------------------------------------------------------------------------------
+# --- vocabulary -----------------------------------------------------------------------------------
 
 def test_export_vocab_is_the_checkpoint_vocab(export_dir, signature):
     assert (export_dir / signature.vocab_file).read_bytes() == (CHECKPOINT_DIR / "vocab.json").read_bytes()
 
 
+def test_vocab_is_rebuilt_from_the_training_texts_by_text_py(signature, vocab_index):
+    """The shipped vocabulary is what today's text.py makes of the training split under signature.features."""
+    texts, _, _ = train.load_dataset()
+    train_texts = [texts[i] for i in train.split(len(texts))["train"]]
+    assert build_vocab(train_texts, signature.features, train.MIN_COUNT) == list(vocab_index)
+    chars = [g for g in vocab_index if g.startswith("c:")]
+    assert chars and len(chars) < len(vocab_index)  # word and character grams both
+    assert {"wonderful", "c: wond", "c:ful "} <= set(vocab_index)
+
+
+# --- parity ---------------------------------------------------------------------------------------
+
 def test_torchscript_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
     scripted = torch.jit.load(str(export_dir / signature.model_file))
     assert not scripted.training  # exported in eval mode
-    probs = train.predict_proba(scripted, test_split[0], vocab_index, eager[1].ngram)
+    probs = train.predict_proba(scripted, test_split[0], vocab_index, eager[1])
     assert probs.shape == eager_probs.shape == (len(test_split[0]),)
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
 
 
 def test_onnx_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
-    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], vocab_index, eager[1].ngram)
+    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], vocab_index, eager[1])
     assert probs.shape == eager_probs.shape
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
 
 
 def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, vocab_index, eager):
-    model, config = eager
-    texts = ["", "a fine film", "zorblax", "dull"]
-    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, vocab_index, config.ngram)
-    assert (onnx - train.predict_proba(model, texts, vocab_index, config.ngram)).abs().max().item() < 1e-5
-    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], vocab_index, config.ngram)
-    assert single.shape == (1,) and single.item() == pytest.approx(onnx[3].item(), abs=1e-6)
+    model, features = eager
+    texts = ["", "a fine film", "zorblax", "\u6771\u4eac", "dull"]  # the first and fourth are empty bags
+    assert encode_batch(texts, vocab_index, features)[1][3] == encode_batch(texts, vocab_index, features)[1][4]
+    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, vocab_index, features)
+    assert (onnx - train.predict_proba(model, texts, vocab_index, features)).abs().max().item() < 1e-5
+    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], vocab_index, features)
+    assert single.shape == (1,) and single.item() == pytest.approx(onnx[4].item(), abs=1e-6)
 
 
 def test_onnx_graph_uses_the_signature_names_and_dtypes(export_dir, signature):
@@ -89,8 +102,8 @@ def test_torchscript_core_carries_no_training_state(export_dir, signature, eager
 
 def test_recorded_test_metrics_are_reproducible(signature, eager, test_split, vocab_index):
     """signature.json's held-out accuracy is what the shipped vocabulary + text.py + checkpoint score today."""
-    model, config = eager
-    metrics = train.evaluate(model, *test_split, vocab_index, config.ngram, threshold=signature.threshold)
+    model, features = eager
+    metrics = train.evaluate(model, *test_split, vocab_index, features, threshold=signature.threshold)
     assert metrics == signature.metrics["test"]
 
 
@@ -101,6 +114,7 @@ def test_signature_round_trips(export_dir, signature, tmp_path):
     again = Signature.load(tmp_path)
     assert again == signature
     assert isinstance(again.labels, tuple)
+    assert isinstance(again.features, Features) and again.features == signature.features
     assert json.loads((tmp_path / SIGNATURE_FILE).read_text()) == json.loads((export_dir / SIGNATURE_FILE).read_text())
 
 
@@ -112,7 +126,9 @@ def test_signature_names_everything_the_handler_needs(export_dir, signature, eag
     assert signature.model_file == "model.pt" and signature.vocab_file == "vocab.json"
     assert signature.labels == ("negative", "positive")
     assert 0 < signature.threshold < 1
-    assert signature.ngram == eager[1].ngram
+    assert isinstance(signature.features, Features)
+    assert signature.features == eager[1] == train.FEATURES  # the checkpoint's features, the ones training used
+    assert raw["features"] == {"word_ngram": 2, "char_low": 2, "char_high": 5}
     assert isinstance(signature.max_chars, int) and signature.max_chars > 0
     assert isinstance(signature.max_texts, int) and signature.max_texts > 0
     assert [i["name"] for i in signature.inputs] == ["ids", "offsets"]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:D
 TEXTS = [
     "A gorgeous, moving film with a wonderful cast.",
     "",  # empty bag
-    "zorblax quuxly",  # only unknown words: also an empty bag
+    "\u6771\u4eac \u2603",  # characters never seen in training, so no word or character gram: also an empty bag
     "Dull, lifeless and far too long.",
     "ok",
     "It's not a masterpiece, but I loved every minute of it!",
@@ -61,7 +61,7 @@ def test_new_model_is_neutral_and_has_no_training_only_state():
 
 
 def test_exported_core_shapes_for_mixed_batch_with_empty_bags(scripted, vocab_index, signature):
-    ids, offsets = to_tensors(*encode_batch(TEXTS, vocab_index, signature.ngram))
+    ids, offsets = to_tensors(*encode_batch(TEXTS, vocab_index, signature.features))
     assert offsets.tolist()[1] == offsets.tolist()[2] == offsets.tolist()[3]  # texts 1 and 2 encode to nothing
     with torch.inference_mode():
         logits = scripted(ids, offsets)
@@ -73,11 +73,19 @@ def test_exported_core_shapes_for_mixed_batch_with_empty_bags(scripted, vocab_in
 
 def test_exported_core_batch_equals_texts_one_by_one(scripted, vocab_index, signature):
     with torch.inference_mode():
-        batched = scripted(*to_tensors(*encode_batch(TEXTS, vocab_index, signature.ngram)))
-        single = torch.cat([scripted(*to_tensors(*encode_batch([t], vocab_index, signature.ngram))) for t in TEXTS])
-        reordered = scripted(*to_tensors(*encode_batch(TEXTS[::-1], vocab_index, signature.ngram)))
+        batched = scripted(*to_tensors(*encode_batch(TEXTS, vocab_index, signature.features)))
+        single = torch.cat([scripted(*to_tensors(*encode_batch([t], vocab_index, signature.features))) for t in TEXTS])
+        reordered = scripted(*to_tensors(*encode_batch(TEXTS[::-1], vocab_index, signature.features)))
     assert torch.allclose(batched, single, atol=1e-6, rtol=0)
     assert torch.allclose(batched, reordered.flip(0), atol=1e-6, rtol=0)
+
+
+def test_unknown_words_are_scored_by_their_known_character_grams(scripted, vocab_index, signature):
+    ids = encode("zorblax quuxly", vocab_index, signature.features)
+    assert ids  # no word of it is known, but character grams of it are
+    vocab = {i: g for g, i in vocab_index.items()}
+    assert all(vocab[i].startswith("c:") for i in ids)
+    assert "zorblax" not in vocab_index and "quuxly" not in vocab_index
 
 
 def test_exported_core_all_empty_batch_scores_the_bias(scripted):
@@ -114,6 +122,6 @@ def test_exported_feature_scale_signs_follow_sentiment_words(scripted, vocab_ind
         assert scale[vocab_index[word]] < 0, word
     # and the whole core agrees: positive reviews score higher than negative ones
     with torch.inference_mode():
-        pos, neg = scripted(*to_tensors(*encode_batch([TEXTS[0], TEXTS[3]], vocab_index, signature.ngram)))
+        pos, neg = scripted(*to_tensors(*encode_batch([TEXTS[0], TEXTS[3]], vocab_index, signature.features)))
     assert pos > 0 > neg
-    assert encode(TEXTS[0], vocab_index, signature.ngram)  # sanity: the review is not an empty bag
+    assert encode(TEXTS[0], vocab_index, signature.features)  # sanity: the review is not an empty bag

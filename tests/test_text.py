@@ -1,11 +1,14 @@
 """text.py: the one normalisation shared by training and serving (pure functions, no artifact needed)."""
 
+import dataclasses
 import re
 
 import pytest
 
 import train
-from text import build_vocab, encode, encode_batch, ngrams, normalize, tokenize
+from text import Features, build_vocab, char_ngrams, encode, encode_batch, ngrams, normalize, tokenize
+
+FEATURES = Features()  # word 1..2-grams + character 2..5-grams, as trained
 
 
 # --- normalize ------------------------------------------------------------------------------------
@@ -113,28 +116,111 @@ def test_ngrams_trigrams_and_short_inputs():
     assert ngrams(["a", "b"], 1) == ["a", "b"]
 
 
+# --- char_ngrams ----------------------------------------------------------------------------------
+
+def test_char_ngrams_of_one_word_are_padded_and_prefixed():
+    # " go " padded: 2-grams, then 3-grams, then the whole padded word; no 5-gram fits in 4 characters
+    assert char_ngrams(["go"], 2, 5) == ["c: g", "c:go", "c:o ", "c: go", "c:go ", "c: go "]
+
+
+def test_char_ngrams_stay_inside_each_word():
+    grams = char_ngrams(["ab", "cd"], 2, 2)
+    assert grams == ["c: a", "c:ab", "c:b ", "c: c", "c:cd", "c:d "]
+    assert not any("b c" in g or "bc" in g for g in grams)  # nothing spans the word boundary
+
+
+def test_char_ngrams_range_and_short_inputs():
+    assert char_ngrams(["a"], 2, 5) == ["c: a", "c:a ", "c: a "]
+    assert char_ngrams(["film"], 3, 3) == ["c: fi", "c:fil", "c:ilm", "c:lm "]
+    assert char_ngrams(["film"], 6, 6) == ["c: film "]  # the whole padded word marks a complete match
+    assert char_ngrams(["!"], 3, 3) == ["c: ! "]
+    assert char_ngrams([], 2, 5) == []
+    assert all(g.startswith("c:") for g in char_ngrams(["don't", "self-indulgent"], 2, 5))
+
+
+def test_char_ngrams_count_per_word():
+    # a padded word of length L has L - size + 1 grams of each size that fits
+    word = "wonderful"
+    assert len(char_ngrams([word], 2, 5)) == sum(len(word) + 2 - size + 1 for size in range(2, 6))
+
+
+# --- Features -------------------------------------------------------------------------------------
+
+def test_features_are_word_ngrams_then_char_ngrams_of_the_tokens():
+    assert Features(word_ngram=1, char_low=3, char_high=3)("It's GREAT!") == [
+        "it's", "great", "!",
+        "c: it", "c:it'", "c:t's", "c:'s ", "c: gr", "c:gre", "c:rea", "c:eat", "c:at ", "c: ! ",
+    ]
+    tokens = tokenize("A fine film, isn't it?")
+    assert FEATURES("A fine film, isn't it?") == ngrams(tokens, 2) + char_ngrams(tokens, 2, 5)
+
+
+def test_features_defaults_are_the_trained_ones_and_frozen():
+    assert FEATURES == Features(word_ngram=2, char_low=2, char_high=5)
+    assert train.FEATURES == FEATURES
+    assert dataclasses.asdict(FEATURES) == {"word_ngram": 2, "char_low": 2, "char_high": 5}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FEATURES.word_ngram = 3
+    assert hash(Features()) == hash(FEATURES)
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\n\t  ", "<br />"])
+def test_features_of_blank_text_are_empty(blank):
+    assert FEATURES(blank) == []
+
+
+def test_word_and_char_features_never_collide():
+    # a word token never holds ":" or a space, so no word n-gram can look like a "c:" gram
+    text = "c : c:go c: go -- it's a co-writer's :) C:GO"
+    words, chars = ngrams(tokenize(text), 2), char_ngrams(tokenize(text), 2, 5)
+    assert FEATURES(text) == words + chars
+    assert not any(g.startswith("c:") for g in words)
+    assert not set(words) & set(chars)
+
+
+def test_features_of_raw_client_text_match_the_pretokenised_dataset():
+    assert FEATURES("It\u2019s a CO-WRITER's film, isn't it?") == FEATURES("it's a co-writer's film , isn't it ?")
+
+
+def test_a_misspelt_word_shares_char_features_with_the_correct_one():
+    right, wrong = set(FEATURES("wonderful")), set(FEATURES("wonderfull"))
+    assert "wonderful" in right and "wonderfull" in wrong and "wonderful" not in wrong  # the words differ...
+    assert {"c: wond", "c:wonde", "c:derfu", "c:erful"} <= right & wrong  # ...their character grams mostly do not
+    assert len(right & wrong) >= len(right) - 5
+
+
 # --- build_vocab ----------------------------------------------------------------------------------
 
 def test_build_vocab_most_frequent_first_ties_alphabetical():
     texts = ["b a", "a c", "c a"]
-    # counts: a 3, c 2, b 1, and each bigram once (ties broken alphabetically)
-    assert build_vocab(texts, ngram=2, min_count=1) == ["a", "c", "a c", "b", "b a", "c a"]
+    vocab = build_vocab(texts, FEATURES, min_count=1)
+    # word features: counts a 3, c 2, b 1, and each bigram once (ties broken alphabetically)
+    assert [g for g in vocab if not g.startswith("c:")] == ["a", "c", "a c", "b", "b a", "c a"]
+    # character features are counted the same way: "a" is in all three texts, "b" in one
+    assert vocab[:4] == ["a", "c: a", "c: a ", "c:a "]
+    assert vocab.index("c: c") < vocab.index("c: b")
+    assert set(vocab) == {g for t in texts for g in FEATURES(t)}
 
 
 def test_build_vocab_min_count_drops_rare_features():
-    assert build_vocab(["b a", "a c", "c a"], ngram=2, min_count=2) == ["a", "c"]
+    assert build_vocab(["b a", "a c", "c a"], FEATURES, min_count=2) == \
+        ["a", "c: a", "c: a ", "c:a ", "c", "c: c", "c: c ", "c:c "]
 
 
 def test_build_vocab_is_independent_of_text_order():
     texts = ["the film is good", "the film is bad", "a good film", "Bad, BAD film!"]
-    vocab = build_vocab(texts, ngram=2, min_count=1)
-    assert build_vocab(list(reversed(texts)), ngram=2, min_count=1) == vocab
+    vocab = build_vocab(texts, FEATURES, min_count=1)
+    assert build_vocab(list(reversed(texts)), FEATURES, min_count=1) == vocab
     assert len(vocab) == len(set(vocab))
 
 
 def test_build_vocab_uses_the_same_normalisation_as_encode():
-    vocab = build_vocab(["It's GREAT!"], ngram=1, min_count=1)
-    assert vocab == ["!", "great", "it's"]
+    features = Features(word_ngram=1, char_low=3, char_high=3)
+    vocab = build_vocab(["It's GREAT!"], features, min_count=1)
+    assert vocab == ["!", "c: ! ", "c: gr", "c: it", "c:'s ", "c:at ", "c:eat", "c:gre", "c:it'", "c:rea", "c:t's",
+                     "great", "it's"]
+    index = {g: i for i, g in enumerate(vocab)}
+    assert sorted(encode("it\u2019s great !", index, features)) == list(range(len(vocab)))
 
 
 # --- encode / encode_batch ------------------------------------------------------------------------
@@ -143,45 +229,56 @@ INDEX = {"good": 0, "film": 1, "good film": 2, "bad": 3, "!": 4}
 
 
 def test_encode_returns_only_known_ids_unknown_words_dropped():
-    ids = encode("A GOOD film, zorblax!", INDEX, ngram=2)
-    # "a", ",", "zorblax" and every bigram but "good film" are unknown
+    ids = encode("A GOOD film, zorblax!", INDEX, FEATURES)
+    # "a", ",", "zorblax", every bigram but "good film" and every character gram are unknown
     assert ids == [0, 1, 4, 2]
     assert set(ids) <= set(INDEX.values())
 
 
+CHAR_INDEX = {**INDEX, "c: zo": 5, "c:ax ": 6, "c:ood": 7}
+
+
+def test_encode_unknown_words_still_hit_known_char_features():
+    # "zorblax" is no known word, but its character grams " zo" and "ax " are: word ids first, then char ids
+    assert encode("zorblax", CHAR_INDEX, FEATURES) == [5, 6]
+    assert encode("good zorblax", CHAR_INDEX, FEATURES) == [0, 7, 5, 6]
+    assert encode("quuxly", CHAR_INDEX, FEATURES) == []
+
+
 def test_encode_text_with_only_unknown_words_is_empty():
-    assert encode("zorblax quuxly", INDEX, ngram=2) == []
+    assert encode("zorblax quuxly", INDEX, FEATURES) == []
 
 
 @pytest.mark.parametrize("blank", ["", "   ", "\n", "<br />"])
 def test_encode_empty_or_whitespace_text_is_an_explicit_empty_encoding(blank):
-    assert encode(blank, INDEX, ngram=2) == []
+    assert encode(blank, INDEX, FEATURES) == []
 
 
 def test_encode_batch_offsets_mark_each_text_including_empty_ones():
-    ids, offsets = encode_batch(["good film", "", "zorblax", "bad!"], INDEX, ngram=2)
+    ids, offsets = encode_batch(["good film", "", "zorblax", "bad!"], INDEX, FEATURES)
     assert ids == [0, 1, 2, 3, 4]
     assert offsets == [0, 3, 3, 3]  # one offset per text, empty bags start where the next one does
-    assert encode_batch([], INDEX, ngram=2) == ([], [])
+    assert encode_batch([], INDEX, FEATURES) == ([], [])
 
 
 def test_encode_batch_is_concatenation_of_encode():
-    texts = ["Good film!", "bad film", "", "good good"]
-    ids, offsets = encode_batch(texts, INDEX, ngram=2)
+    texts = ["Good film!", "bad film", "", "good good", "zorblax"]
+    ids, offsets = encode_batch(texts, CHAR_INDEX, FEATURES)
     bounds = offsets + [len(ids)]
-    assert [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))] == [encode(t, INDEX, 2) for t in texts]
+    assert [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))] == [encode(t, CHAR_INDEX, FEATURES) for t in texts]
 
 
-# --- known defects (strict xfail: they start failing as XPASS once text.py is fixed; then drop the marker) ---
+# --- regressions: once known defects, fixed in text.py ---------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="text.py: NFKD turns U+00B4 into space + combining accent before _APOSTROPHES "
-                   "maps it, so the acute-accent apostrophe splits the word; translate before NFKD")
 def test_acute_accent_used_as_apostrophe_is_an_apostrophe():
+    # translated before NFKD, which would otherwise split U+00B4 into a space and a combining accent
     assert tokenize("it\u00b4s great") == ["it's", "great"]
+    assert normalize("IT\u00b4S") == "it's"
 
 
-@pytest.mark.xfail(strict=True, reason="text.py: _TAG matches any '<...>' span, so a bare '<' ... '>' in prose "
-                   "deletes the words between them; only strip tag-shaped spans")
 def test_angle_brackets_in_prose_are_not_tags():
     assert tokenize("I <3 this film. The ending > everything") == \
         ["i", "<", "3", "this", "film", ".", "the", "ending", ">", "everything"]
+    assert tokenize("1 < 2 but 3 > 2") == ["1", "<", "2", "but", "3", ">", "2"]
+    # while real tags, closing tags and tags with attributes still go
+    assert tokenize('<3 <b>bold</b> <a href="x">link</a>') == ["<", "3", "bold", "link"]

@@ -8,12 +8,22 @@ import pytest
 import torch
 
 import train
+from text import Features, tokenize
 
 README_MD5 = {
     "rt-polarity.pos": "674ca95d7fa6547818f1cb30daa7eafe",
     "rt-polarity.neg": "7d312d2c8eacbb57b0074c59b910756a",
 }
 N_ROWS = 10_662  # 5,331 positive + 5,331 negative, one snippet a line (data README)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread is as fast here and does not fight other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +33,9 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def small(dataset):
-    """1,500 rows drawn with a fixed seed: enough for train() to run its own split, fast enough to train twice."""
+    """1,200 rows drawn with a fixed seed: enough for train() to run its own split, fast enough to train twice."""
     texts, labels, _ = dataset
-    chosen = random.Random(123).sample(range(len(texts)), 1500)
+    chosen = random.Random(123).sample(range(len(texts)), 1200)
     return [texts[i] for i in chosen], [labels[i] for i in chosen]
 
 
@@ -48,21 +58,32 @@ def test_load_dataset_labels_and_texts_align(dataset):
     assert all(isinstance(t, str) and t.strip() for t in texts)
 
 
-@pytest.mark.xfail(strict=True, reason="train.load_dataset splits on str.splitlines(), which also breaks at U+0085 "
-                   "(byte 0x85 decoded as latin-1): 10,685 rows instead of 10,662; split on '\\n' only")
 def test_load_dataset_reads_one_row_per_line(dataset):
+    """Regression: str.splitlines() also broke at U+0085 (byte 0x85 decoded as latin-1), giving 10,685 rows."""
     texts, labels, _ = dataset
     assert len(texts) == N_ROWS
     assert labels.count(1) == labels.count(0) == N_ROWS // 2
     for name in README_MD5:
         raw = (train.DATA_DIR / name).read_bytes()
         assert raw.count(b"\n") == N_ROWS // 2
-    assert not any("\x85" in t for t in texts)
+    assert sum("\x85" in t for t in texts) > 0  # the byte is kept inside its snippet, not a line break
+    assert not any("\n" in t or "\r" in t for t in texts)
+
+
+@pytest.mark.xfail(strict=True, reason="rt-polarity writes an ellipsis as byte 0x85 (cp1252 '\u2026'); latin-1 decodes "
+                   "it to U+0085, which the tokenizer treats as whitespace, so 31 training snippets lose the '. . .' "
+                   "that a client's '\u2026' (NFKC '...') keeps; map '\\x85' to '\u2026' in train.load_dataset and retrain")
+def test_dataset_ellipsis_byte_tokenises_like_a_client_ellipsis(dataset):
+    texts, _, _ = dataset
+    with_byte = [t for t in texts if "\x85" in t]
+    assert with_byte
+    for text in with_byte:
+        assert tokenize(text) == tokenize(text.replace("\x85", "\u2026")), text
 
 
 # --- split ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n", [N_ROWS, 10_685, 1500, 10])
+@pytest.mark.parametrize("n", [N_ROWS, 10_661, 1200, 10])
 def test_split_is_disjoint_covers_everything_and_has_documented_sizes(n):
     parts = train.split(n)
     test, val, rest = (set(parts[k]) for k in ("test", "validation", "train"))
@@ -102,13 +123,15 @@ def test_short_training_run_clears_the_sanity_bar_on_held_out_data(dataset):
     texts, labels, _ = dataset
     model, config, vocab, metrics = train.train(texts, labels, seed=1, epochs=1)
     assert not model.training
+    assert config.vocab_size == len(vocab) == model.weight.num_embeddings
+    assert any(g.startswith("c:") for g in vocab)  # trained on train.FEATURES: character grams too
     assert metrics["best_epoch"] == 1
     assert metrics["test"]["size"] == len(train.split(len(texts))["test"])
     assert metrics["test"]["accuracy"] > 0.7
     # the reported number is the held-out one: recompute it independently on the fixed test split
     index = {g: i for i, g in enumerate(vocab)}
     test_idx = train.split(len(texts))["test"]
-    probs = train.predict_proba(model, [texts[i] for i in test_idx], index, config.ngram)
+    probs = train.predict_proba(model, [texts[i] for i in test_idx], index, train.FEATURES)
     accuracy = ((probs >= 0.5).long() == torch.tensor([labels[i] for i in test_idx])).float().mean().item()
     assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     # no test text leaked into the vocabulary's training texts: the split's train part has none of them
@@ -124,6 +147,8 @@ def test_evaluate_scores_a_known_core():
         return torch.stack([signs[ids[bounds[i] : bounds[i + 1]]].sum() for i in range(len(offsets))])
 
     # logits 4, 2, -2, 0 -> probabilities .98, .88, .12, .5: the last one is called positive (>= threshold)
-    metrics = train.evaluate(core, ["good good", "good", "bad", "good bad"], [1, 1, 0, 0], index, ngram=1)
+    words = Features(word_ngram=1)  # the index holds no character grams: they are dropped at encode time
+    metrics = train.evaluate(core, ["good good", "good", "bad", "good bad"], [1, 1, 0, 0], index, words)
     assert metrics == {"accuracy": 0.75, "roc_auc": 1.0, "size": 4}
-    assert train.evaluate(core, ["good bad"], [0], index, ngram=1, threshold=0.6)["accuracy"] == 1.0
+    # a higher threshold calls the 0.5 one negative
+    assert train.evaluate(core, ["good bad", "good good"], [0, 1], index, words, threshold=0.6)["accuracy"] == 1.0

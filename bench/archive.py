@@ -1,0 +1,80 @@
+"""The served model outside TorchServe, loaded from the archive (.mar) as the handler loads it.
+
+The naive baseline (naive_app.py) and the in-process measurements (inprocess.py) import text.py,
+signature.py, payload.py and model_def.py and load model.pt / vocab.json / signature.json from the
+extracted archive, not from the working tree: they run exactly the code and weights TorchServe
+serves, even while the working tree is being changed or rebuilt.
+"""
+
+import importlib
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ARCHIVE_MODULES = ("text", "signature", "payload", "model_def")
+
+
+def extract(mar: Path, into: Path | None = None) -> Path:
+    into = Path(into) if into else Path(tempfile.mkdtemp(prefix="sentiment-archive-"))
+    into.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(into)
+    return into
+
+
+class Served:
+    """Encode, forward, request parsing and response bodies of one extracted archive."""
+
+    def __init__(self, model_dir: Path):
+        import torch
+
+        self.model_dir = Path(model_dir).resolve()
+        if str(self.model_dir) not in sys.path:
+            sys.path.insert(0, str(self.model_dir))
+        self.modules = {}
+        for name in ARCHIVE_MODULES:
+            module = importlib.import_module(name)
+            if Path(module.__file__).resolve().parent != self.model_dir:
+                raise ImportError(f"{name} was imported from {module.__file__}, not from the archive {self.model_dir}")
+            self.modules[name] = module
+        self.text, self.payload, self.model_def = self.modules["text"], self.modules["payload"], self.modules["model_def"]
+        signature_module = self.modules["signature"]
+        self.signature = signature_module.Signature.load(self.model_dir)
+        self.index = signature_module.load_vocab_index(self.model_dir, self.signature)
+        # What encode_batch takes besides the texts: the n-gram order, or (later versions) a Features object.
+        self.features = getattr(self.signature, "features", None) or self.signature.ngram
+        self.model = torch.jit.load(str(self.model_dir / self.signature.model_file)).eval()
+        self.torch = torch
+
+    def encode(self, texts: list[str]):
+        return self.model_def.to_tensors(*self.text.encode_batch(texts, self.index, self.features))
+
+    def forward(self, tensors, model=None) -> list[float]:
+        with self.torch.inference_mode():
+            return self.torch.sigmoid((model or self.model)(*tensors)).tolist()
+
+    def parse(self, body: bytes, content_type: str | None):
+        return self.payload.parse_request(body, content_type, self.signature)
+
+    def response(self, parsed, probabilities: list[float]) -> dict:
+        """The handler's response body (payload.response_body where the archive's payload.py has it)."""
+        if hasattr(self.payload, "response_body"):
+            parsed.probabilities = probabilities
+            return self.payload.response_body(parsed, self.signature)
+        predictions = [{"label": self.signature.label(p), "probability": round(p, 6)} for p in probabilities]
+        version = {"model_version": self.signature.version}
+        return {"predictions": predictions, **version} if getattr(parsed, "is_list", False) else {**predictions[0], **version}
+
+    def error(self, error) -> tuple[int, dict]:
+        """HTTP status and body of a rejected request, as the handler answers it."""
+        if hasattr(error, "body"):
+            return getattr(error, "status", 400), error.body()
+        if hasattr(self.payload, "error_body"):
+            return 400, self.payload.error_body(error)
+        return 400, {"code": 400, "type": "BadRequest", "kind": getattr(error, "kind", "bad_request"), "message": str(error)}
+
+    @property
+    def request_error(self) -> type:
+        """The exception parse_request raises for a bad request."""
+        return getattr(self.payload, "RequestError", None) or self.payload.BadRequest

@@ -1,0 +1,114 @@
+"""Batch scoring throughput: the CLI (batch_predict.py) vs Spark local mode (spark_predict.py), optionally
+a running TorchServe through `batch_predict.py --endpoint`, on the same 10,000-row CSV file.
+
+    .venv/bin/python bench/batch_bench.py             # ~2 minutes on 2 busy cores
+    .venv/bin/python bench/batch_bench.py --http      # also TorchServe (starts its own, free ports)
+
+The file: 10,000 rt-polarity snippets (shuffled with a fixed seed) as id,text,truth, in a
+temporary folder removed at the end. Every case reads it and writes Parquet. rows/s is end to end within the process:
+model load, read, encode, forward, write (`wall_s` of the CLI adds its interpreter start and imports,
+as a fresh `batch_predict.py` process pays them). Spark is measured cold (first job of a new session: Python workers start, import torch,
+load the model) and warm (the same job again, in the same session, workers and model reused),
+with the input spread over every core. Writes bench/results/batch.json.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import batch_predict  # noqa: E402
+from train import load_dataset  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WORK = Path(tempfile.mkdtemp(prefix="batch-bench-"))  # input and outputs, removed at the end
+ROWS = 10_000
+
+
+def make_input(path: Path, rows: int = ROWS) -> Path:
+    texts, labels, _ = load_dataset()
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "truth"])
+        writer.writerows((i, texts[i], labels[i]) for i in order[:rows])
+    return path
+
+
+def cli(source: Path) -> dict:
+    summary = batch_predict.run(source, WORK / "cli.parquet")  # first in this process: includes loading the model
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, str(ROOT / "batch_predict.py"), str(source), str(WORK / "cli.parquet")],
+                         capture_output=True, text=True, check=True)
+    return {**summary, "wall_s": round(time.perf_counter() - started, 2), "summary_line": run.stdout.strip()}
+
+
+def spark(source: Path) -> dict:
+    import spark_predict
+
+    started = time.perf_counter()
+    session = spark_predict.local_session("local[*]")
+    session_s = time.perf_counter() - started
+    partitions = session.sparkContext.defaultParallelism
+    try:
+        cold = spark_predict.run(session, str(source), str(WORK / "spark.parquet"), partitions=partitions)
+        warm = spark_predict.run(session, str(source), str(WORK / "spark.parquet"), partitions=partitions)
+    finally:
+        session.stop()
+    return {"session_start_s": round(session_s, 2), "partitions": partitions, "cold": cold, "warm": warm}
+
+
+def http(source: Path) -> dict:
+    from local_server import LocalTorchServe
+
+    with LocalTorchServe(ROOT / "model_store") as ts:  # the shipped archive and its model-config.yaml
+        url = f"{ts.inference}/predictions/sentiment"
+        return {"workers": 8, **batch_predict.run(source, WORK / "http.parquet", endpoint=url, workers=8)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--http", action="store_true", help="also score through a TorchServe it starts")
+    parser.add_argument("--rows", type=int, default=ROWS)
+    args = parser.parse_args()
+
+    try:
+        source = make_input(WORK / f"reviews-{args.rows}.csv", args.rows)
+        results = {
+            "rows": args.rows,
+            "machine": {"cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version()},
+            "cli": cli(source),
+            "spark_local": spark(source),
+        }
+        if args.http:
+            results["http"] = http(source)
+        results["machine"]["load_average_after"] = os.getloadavg()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    results["rows_per_s"] = {
+        "cli": results["cli"]["rows_per_s"],
+        "spark_local_cold": results["spark_local"]["cold"]["rows_per_s"],
+        "spark_local_warm": results["spark_local"]["warm"]["rows_per_s"],
+    }
+    if args.http:
+        results["rows_per_s"]["http"] = results["http"]["rows_per_s"]
+    (RESULTS / "batch.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["rows_per_s"], indent=2))
+    print(f"-> {RESULTS / 'batch.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Test-only TorchServe handler: the shipped SentimentHandler with faults injected on demand.
+
+Packed into a separate archive by tests/test_reliability.py (handler.py and its modules go in as
+extra files). A text containing RAISE_MARKER makes the forward pass raise; one containing
+SLEEP_MARKER makes it hang for SLEEP_SECONDS (longer than the archive's responseTimeout), as a
+stuck model would. Every other text is scored as usual.
+
+TorchServe requires the handler module to define exactly one class: the base class is reached
+through its module (`handler.SentimentHandler`), so it is not a second class of this module.
+"""
+
+import time
+
+import handler
+
+RAISE_MARKER = "__raise_in_inference__"
+SLEEP_MARKER = "__sleep_in_inference__"
+SLEEP_SECONDS = 60
+
+
+class FaultInjectingHandler(handler.SentimentHandler):
+    def forward(self, texts: list[str]) -> list[float]:
+        if any(RAISE_MARKER in text for text in texts):
+            raise RuntimeError("injected fault: " + RAISE_MARKER)
+        if any(SLEEP_MARKER in text for text in texts):
+            time.sleep(SLEEP_SECONDS)
+        return super().forward(texts)

@@ -1,0 +1,177 @@
+"""batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import batch_predict
+from batch_predict import run
+from train import load_dataset, predict_proba
+
+GOOD = ["a gorgeous, moving film with a wonderful cast", "dull and far too long", "the best thing i have seen this year"]
+
+
+def score_texts(export_dir, texts, tmp_path, batch_size=batch_predict.BATCH_SIZE) -> pd.DataFrame:
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    run(source, target, artifact=export_dir, batch_size=batch_size)
+    return pd.read_parquet(target)
+
+
+def test_probabilities_equal_training_predict_proba(export_dir, vocab_index, signature, tmp_path):
+    texts = load_dataset()[0][:700]
+    out = score_texts(export_dir, texts, tmp_path, batch_size=128)  # several batches
+    core = torch.jit.load(str(export_dir / signature.model_file))
+    expected = predict_proba(core, texts, vocab_index, signature.features).tolist()
+    assert out["probability"].tolist() == expected
+    assert out["label"].tolist() == [signature.label(p) for p in expected]
+    assert out["error"].isna().all()
+
+
+def test_bad_csv_rows_are_reported_with_line_numbers_and_marked(export_dir, signature, tmp_path, caplog):
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text(
+        "id,text\n"
+        f'1,"{GOOD[0]}"\n'            # line 2 (quoted: a comma inside)
+        "2,\n"                        # line 3: empty
+        '3,"two\nlines"\n'            # lines 4-5: a quoted newline is one good row
+        "4,too,many\n"                # line 6: three fields
+        "\n"                          # line 7: blank, no row
+        f"5,{'x' * (signature.max_chars + 1)}\n"  # line 8: too long
+        "6,   \n"                     # line 9: whitespace only
+        f"7,{GOOD[1]}\n"              # line 10
+    )
+    summary = run(source, target, artifact=export_dir)
+    out = pd.read_csv(target, dtype={"error": str})
+
+    assert summary["rows"] == len(out) == 7
+    assert (summary["scored"], summary["skipped_bad_rows"]) == (3, 4)
+    assert out["id"].tolist() == [1, 2, 3, 4, 5, 6, 7]  # nothing dropped, input order kept
+    bad = out[out["error"].notna()]
+    assert bad["id"].tolist() == [2, 4, 5, 6]
+    assert bad["probability"].isna().all() and bad["label"].isna().all()
+    assert bad["error"].tolist() == [
+        "line 3: empty_text: text is empty or whitespace only",
+        "line 6: bad_csv_row: 3 fields, the header has 2",
+        f"line 8: text_too_long: text has {signature.max_chars + 1} characters, the limit is {signature.max_chars}",
+        "line 9: empty_text: text is empty or whitespace only",
+    ]
+    good = out[out["error"].isna()]
+    assert good["probability"].between(0, 1).all() and good["label"].isin(signature.labels).all()
+    reported = [r.getMessage() for r in caplog.records if r.name == "batch_predict"]
+    assert [m.split(": ")[0] for m in reported] == [f"{source} line {n}" for n in (3, 6, 8, 9)]
+
+
+def test_bad_jsonl_rows_are_reported_with_line_numbers_and_marked(export_dir, tmp_path, caplog):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(
+        b'{"id": 1, "review": "a fine film"}\n'
+        b'{"id": 2}\n'                      # missing field
+        b"not json\n"
+        b"\n"                               # blank: no row
+        b'["a list"]\n'
+        b'{"id": 5, "review": 7}\n'         # not a string
+        b'{"id": 6, "review": null}\n'
+        b'{"id": 7, "review": "bad \xff byte"}\n'  # not UTF-8
+        b'{"id": 8, "review": "nul \\u0000 inside"}\n'
+        b'{"id": 9, "review": "awful"}'     # no final newline
+    )
+    summary = run(source, target, column="review", artifact=export_dir)
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+
+    assert len(rows) == summary["rows"] == 9 and summary["skipped_bad_rows"] == 7
+    errors = {r["error"].split(":")[0]: r["error"].split(": ")[1] for r in rows if r["error"]}
+    assert errors == {"line 2": "missing_field", "line 3": "invalid_json", "line 5": "wrong_type", "line 6": "wrong_type",
+                      "line 7": "missing_field", "line 8": "invalid_json", "line 9": "null_byte"}
+    assert [r["id"] for r in rows if r["error"] is None] == [1, 9]
+    assert all(r["probability"] is None and r["label"] is None for r in rows if r["error"])
+    assert rows[4]["review"] == 7  # the input value is kept as it was
+    assert sum("line " in r.getMessage() for r in caplog.records if r.name == "batch_predict") == 7
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_round_trip_keeps_every_row_and_column(export_dir, tmp_path, fmt):
+    rows = pd.DataFrame({"id": ["a", "b", "c", "d"], "text": GOOD + [""], "source": ["x", "y", "z", "w"]})
+    source, target = tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}"
+    {"csv": lambda: rows.to_csv(source, index=False), "parquet": lambda: rows.to_parquet(source),
+     "jsonl": lambda: rows.to_json(source, orient="records", lines=True)}[fmt]()
+
+    run(source, target, artifact=export_dir)
+    read = {"csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values={"probability": [""], "label": [""], "error": [""]}),
+            "parquet": pd.read_parquet, "jsonl": lambda p: pd.DataFrame(map(json.loads, p.read_text().splitlines()))}[fmt]
+    out = read(target)
+
+    assert list(out.columns) == ["id", "text", "source", "probability", "label", "error"]
+    assert out[["id", "text", "source"]].astype(str).values.tolist() == rows.values.tolist()
+    reference = score_texts(export_dir, GOOD, tmp_path)["probability"].tolist()
+    assert out["probability"].tolist()[:3] == reference  # full precision survives every format
+    assert math.isnan(out["probability"].iloc[3]) and pd.isna(out["label"].iloc[3])
+    assert out["error"].iloc[3] == ("row 4" if fmt == "parquet" else "line 5" if fmt == "csv" else "line 4") + ": empty_text: text is empty or whitespace only"
+
+
+def test_crash_while_writing_leaves_no_output_and_no_temporary_file(export_dir, tmp_path, monkeypatch):
+    source = tmp_path / "in.csv"
+    source.write_text("text\n" + "".join(f"{t}\n" for t in GOOD))
+
+    def crash(frame, path):
+        with open(path, "w") as f:
+            f.write("text,probability\nhalf a row,0.")
+        raise OSError("disk full")
+
+    monkeypatch.setitem(batch_predict.WRITERS, ".csv", crash)
+    fresh, existing = tmp_path / "out" / "new.csv", tmp_path / "out" / "old.csv"
+    existing.parent.mkdir()
+    existing.write_text("the previous complete result\n")
+    for target in (fresh, existing):
+        with pytest.raises(OSError, match="disk full"):
+            run(source, target, artifact=export_dir)
+    assert not fresh.exists()
+    assert existing.read_text() == "the previous complete result\n"
+    assert sorted(p.name for p in existing.parent.iterdir()) == ["old.csv"]  # no temporary file left
+
+    monkeypatch.undo()
+    run(source, existing, artifact=export_dir)  # and a run that finishes replaces it
+    assert len(pd.read_csv(existing)) == len(GOOD)
+    assert sorted(p.name for p in existing.parent.iterdir()) == ["old.csv"]
+
+
+def test_cli_prints_the_summary_and_refuses_what_it_cannot_do(export_dir, tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in GOOD) + '{"text": ""}\n')
+    summary = batch_predict.main([str(source), str(tmp_path / "out.csv"), "--artifact", str(export_dir)])
+    printed = capsys.readouterr().out
+    assert f"rows 4  scored 3  skipped bad rows 1  positives {summary['positives']}  " in printed
+    assert "rows/s" in printed and summary["rows_per_s"] > 0
+
+    with pytest.raises(SystemExit, match="unsupported extension '.txt'"):
+        run(source, tmp_path / "out.txt", artifact=export_dir)
+    with pytest.raises(SystemExit, match="no row has a 'review' field"):
+        run(source, tmp_path / "out.csv", column="review", artifact=export_dir)
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\ngood,1\n")
+    with pytest.raises(SystemExit, match=r"already has column\(s\) \['label'\]"):
+        run(labelled, tmp_path / "out.csv", artifact=export_dir)
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_empty_input_gives_an_empty_output_with_the_columns(export_dir, tmp_path):
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text("id,text\n")
+    assert run(source, target, artifact=export_dir)["rows"] == 0
+    assert target.read_text().strip() == "id,text,probability,label,error"
+
+
+def test_endpoint_mode_matches_the_local_core(export_dir, server, tmp_path):
+    texts = load_dataset()[0][:150] + [""]  # three requests of signature.max_texts, and a bad row not sent
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    local, remote = tmp_path / "local.parquet", tmp_path / "remote.parquet"
+    run(source, local, artifact=export_dir)
+    summary = run(source, remote, artifact=export_dir, endpoint=f"{server.inference}/predictions/sentiment", workers=2)
+    a, b = pd.read_parquet(local), pd.read_parquet(remote)
+    assert summary["scored"] == 150 and summary["skipped_bad_rows"] == 1
+    assert (a["probability"] - b["probability"]).abs().max() <= 5e-7  # the server rounds to 6 decimals
+    assert a["error"].fillna("").tolist() == b["error"].fillna("").tolist()

@@ -1,0 +1,145 @@
+"""The shipped archive on a real TorchServe: predictions, request forms, bad input, scaling, metrics, stop."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from local_server import ROOT, LocalTorchServe, server_processes
+
+MODEL_STORE = ROOT / "model_store"
+
+POSITIVE = [
+    "A gorgeous, moving film with a wonderful cast and a smart, funny script.",
+    "One of the most beautiful and touching movies of the year; a triumph.",
+]
+NEGATIVE = [
+    "A dull, lifeless mess: boring, predictable and badly acted.",
+    "The worst film of the year, a tedious waste of time with a stupid plot.",
+]
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def predict(server, body=None, *, data=None, headers=JSON_HEADERS, path="/predictions/sentiment"):
+    if body is not None:
+        return requests.post(server.inference + path, json=body, timeout=30)
+    return requests.post(server.inference + path, data=data, headers=headers, timeout=30)
+
+
+def test_positive_and_negative_reviews(server, signature):
+    for text in POSITIVE + NEGATIVE:
+        response = predict(server, {"text": text})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"label", "probability", "model_version"}
+        assert body["model_version"] == signature.version
+        expected = "positive" if text in POSITIVE else "negative"
+        assert body["label"] == expected, (text, body)
+        assert (body["probability"] > 0.7) if expected == "positive" else (body["probability"] < 0.3), (text, body)
+
+
+def test_texts_list_answers_in_order(server):
+    texts = [POSITIVE[0], NEGATIVE[0], POSITIVE[1]]
+    body = predict(server, {"texts": texts}).json()
+    assert [p["label"] for p in body["predictions"]] == ["positive", "negative", "positive"]
+    singles = [predict(server, {"text": t}).json()["probability"] for t in texts]
+    assert [p["probability"] for p in body["predictions"]] == pytest.approx(singles, abs=1e-6)
+
+
+def test_text_plain_body(server):
+    response = predict(server, data=NEGATIVE[1].encode(), headers={"Content-Type": "text/plain; charset=utf-8"})
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == "negative"
+
+
+def test_html_in_review_is_ignored(server):
+    plain = predict(server, {"text": "A wonderful film. Loved it."}).json()["probability"]
+    tagged = predict(server, {"text": "A <b>wonderful</b> film.<br /><br />Loved it."}).json()["probability"]
+    assert tagged == pytest.approx(plain, abs=1e-6)
+
+
+BAD_REQUESTS = {
+    "invalid_json": dict(data=b'{"text": "unterminated', headers=JSON_HEADERS),
+    "missing_text": dict(data=b'{"review": "great"}', headers=JSON_HEADERS),
+    "wrong_type": dict(data=b'{"text": 42}', headers=JSON_HEADERS),
+    "empty_text": dict(data=b'{"text": "   "}', headers=JSON_HEADERS),
+    "empty_body": dict(data=b"", headers=JSON_HEADERS),
+    "too_many_texts": dict(data=('{"texts": [%s]}' % ",".join(['"ok"'] * 65)).encode(), headers=JSON_HEADERS),
+    "text_too_long": dict(data=('{"text": "%s"}' % ("long " * 2001)).encode(), headers=JSON_HEADERS),
+    "invalid_utf8": dict(data=b"\xff\xfe not utf-8", headers={"Content-Type": "text/plain"}),
+    "unsupported_content_type": dict(data=b"text=great", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REQUESTS))
+def test_bad_input_is_a_400_and_spares_the_good_requests_beside_it(server, kind):
+    """The bad request is sent in the middle of concurrent good ones, so they share TorchServe batches."""
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        good = [pool.submit(predict, server, {"text": POSITIVE[i % 2]}) for i in range(4)]
+        bad = pool.submit(predict, server, **BAD_REQUESTS[kind])
+        good += [pool.submit(predict, server, {"text": NEGATIVE[i % 2]}) for i in range(4)]
+    response = bad.result()
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == 400 and body["kind"] == kind and body["message"]
+    assert all(f.result().status_code == 200 for f in good)
+
+
+def worker_count(server) -> int:
+    (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
+    return len(description["workers"])
+
+
+def scale(server, workers: int) -> requests.Response:
+    return requests.put(f"{server.management}/models/sentiment?min_worker={workers}&max_worker={workers}&synchronous=true", timeout=120)
+
+
+def test_scale_workers_while_serving(server):
+    failures, answered, stop = [], [], threading.Event()
+
+    def keep_predicting():
+        while not stop.is_set():
+            response = predict(server, {"text": POSITIVE[0]})
+            (answered if response.status_code == 200 else failures).append(response.status_code)
+
+    client = threading.Thread(target=keep_predicting)
+    client.start()
+    try:
+        assert worker_count(server) == 1
+        assert scale(server, 2).status_code == 200
+        assert worker_count(server) == 2 and server.ready_workers() == 2
+        time.sleep(1)
+        assert scale(server, 1).status_code == 200
+        deadline = time.monotonic() + 30
+        while worker_count(server) != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker_count(server) == 1
+    finally:
+        stop.set()
+        client.join()
+        scale(server, 1)
+    assert answered and not failures
+
+
+def test_describe_model_shows_the_archive_settings(server, signature):
+    (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
+    assert description["modelVersion"] == signature.version
+    assert description["batchSize"] > 1 and description["responseTimeout"] > 0
+
+
+def test_metrics_are_prometheus_text(server):
+    predict(server, {"text": POSITIVE[0]})
+    response = requests.get(server.metrics + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert "# TYPE ts_inference_requests_total counter" in response.text
+    assert 'ts_inference_requests_total{model_name="sentiment"' in response.text
+
+
+def test_stop_leaves_no_process():
+    ts = LocalTorchServe(MODEL_STORE).start()
+    pids = {ts.frontend.pid, *(w.pid for w in ts.workers())}
+    assert len(pids) >= 2
+    ts.stop()
+    assert not pids & {p.pid for p in server_processes()}
