@@ -56,7 +56,8 @@ $(MAR): $(EXPORT)/signature.json handler.py payload.py prediction_metrics.py tex
 archive: $(MAR) ## model_store/sentiment.mar (VERSION=2 builds sentiment_v2.mar)
 
 serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers
-	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties
+	mkdir -p logs
+	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties > logs/console.log 2>&1
 	@for i in $$(seq 120); do \
 		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME) | grep -q '"status": "READY"' && { echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME)"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1

@@ -101,8 +101,11 @@ def test_scale_workers_while_serving(server):
 
     def keep_predicting():
         while not stop.is_set():
-            response = predict(server, {"text": POSITIVE[0]})
-            (answered if response.status_code == 200 else failures).append(response.status_code)
+            try:
+                response = predict(server, {"text": POSITIVE[0]})
+                (answered if response.status_code == 200 else failures).append(response.status_code)
+            except requests.RequestException as error:
+                failures.append(repr(error))
 
     client = threading.Thread(target=keep_predicting)
     client.start()
