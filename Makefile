@@ -14,9 +14,10 @@ INFERENCE  := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
 METRICS    := http://127.0.0.1:8082
 N          ?= 2
+MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 
-.PHONY: help install install-dev train export archive serve stop predict scale status test bench clean
+.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -77,6 +78,12 @@ status: ## describe the model and its workers
 
 test: install-dev archive ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests
+
+soak: archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
+	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32
+
+chaos: archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times
+	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker
 
 clean: ## remove build outputs and archives
 	rm -rf build logs model_store/*.mar

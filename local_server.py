@@ -95,8 +95,8 @@ class LocalTorchServe:
             if requests.get(self.inference + "/ping", timeout=2).json().get("status") != "Healthy":
                 return False
             names = [m["modelName"] for m in requests.get(self.management + "/models", timeout=2).json()["models"]]
-            return all(self.ready_workers(name) > 0 for name in names)
-        except (requests.RequestException, ValueError, KeyError):
+            return bool(names) and all(self.ready_workers(name) > 0 for name in names)
+        except (requests.RequestException, ValueError, KeyError, TypeError):
             return False
 
     def ready_workers(self, model: str = "sentiment") -> int:

@@ -57,6 +57,8 @@ def parse_request(body, content_type: str | None, signature: Signature) -> Parse
             f"unsupported Content-Type {content_type or '(none)'!r}: send application/json "
             '{"text": "..."} or {"texts": [...]}, or text/plain with the review as the body',
         )
+    if body is None and content_type == JSON:  # the JSON literal null
+        raise BadRequest("wrong_type", 'JSON body must be an object with "text" or "texts", got null')
     if body in (b"", "", None):
         raise BadRequest("empty_body", "request body is empty")
     if isinstance(body, (bytes, bytearray)):
