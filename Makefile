@@ -17,7 +17,7 @@ N          ?= 2
 MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 
-.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos clean
+.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos batch evaluate kserve-layout clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,15 +50,16 @@ $(MAR): $(EXPORT)/signature.json handler.py payload.py prediction_metrics.py tex
 	$(BIN)/torch-model-archiver --force --model-name $(MODEL_NAME) --version $(VERSION) \
 		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file model-config.yaml \
 		--extra-files text.py,model_def.py,signature.py,payload.py,prediction_metrics.py,$(EXPORT)/signature.json,$(EXPORT)/vocab.json \
-		--export-path model_store
-	$(if $(filter 1,$(VERSION)),,mv model_store/$(MODEL_NAME).mar $@)
+		--export-path $(BUILD)
+	mv $(BUILD)/$(MODEL_NAME).mar $@
 	@echo "built $@"
 
 archive: $(MAR) ## model_store/sentiment.mar (VERSION=2 builds sentiment_v2.mar)
 
-serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers
+serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (MODEL_API=on: allow registering versions)
 	mkdir -p logs
-	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties > logs/console.log 2>&1
+	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties \
+		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1
 	@for i in $$(seq 120); do \
 		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME) | grep -q '"status": "READY"' && { echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME)"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
@@ -79,11 +80,17 @@ status: ## describe the model and its workers
 test: install-dev archive ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests
 
-soak: archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
+soak: install-dev archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32
 
-chaos: archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times
+chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker
+
+kserve-layout: archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
+	$(PY) deploy/kserve/build_layout.py --mar $(MAR) --out build/kserve
+
+evaluate: ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
+	$(PY) evaluate.py --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
 
 clean: ## remove build outputs and archives
 	rm -rf build logs model_store/*.mar

@@ -74,14 +74,15 @@ class Endpoint:
     """A running TorchServe as `texts -> probabilities`: {"texts": [...]} requests of signature.max_texts, in parallel."""
 
     def __init__(self, url: str, signature: Signature, workers: int = 4, timeout: float = 60.0):
-        import requests  # only this mode needs it
-
         self.url, self.signature, self.workers, self.timeout = url, signature, workers, timeout
-        self.local = threading.local()
-        self.session = lambda: self.local.__dict__.setdefault("session", requests.Session())
+        self.local = threading.local()  # one HTTP session (kept-alive connection) per thread
 
     def post(self, texts: list[str]) -> list[float]:
-        response = self.session().post(self.url, json={"texts": texts}, timeout=self.timeout)
+        if not hasattr(self.local, "session"):
+            import requests  # only this mode needs it
+
+            self.local.session = requests.Session()
+        response = self.local.session.post(self.url, json={"texts": texts}, timeout=self.timeout)
         if response.status_code != 200:
             raise RuntimeError(f"{self.url} answered {response.status_code}: {response.text[:500]}")
         return [p["probability"] for p in response.json()["predictions"]]

@@ -69,13 +69,20 @@ class LocalTorchServe:
         self.config_file = self.home / "config.properties"
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.env = {**os.environ, "TMPDIR": str(self.home), "LOG_LOCATION": str(self.home / "logs"),
-                    "METRICS_LOCATION": str(self.home / "logs"), **(env or {})}
+                    "METRICS_LOCATION": str(self.home / "logs"), "TEMP": str(self.home), **(env or {})}
         self.frontend: psutil.Process | None = None
 
     def start(self, timeout: float = 120) -> "LocalTorchServe":
-        subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
-                       env=self.env, cwd=self.home, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
+                                 env=self.env, cwd=self.home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pid_file = self.home / ".model_server.pid"
+        if started.returncode != 0:  # it may have launched the JVM all the same: stop() finds it by its pid file
+            try:
+                self.frontend = psutil.Process(int(pid_file.read_text()))
+            except (OSError, ValueError, psutil.Error):
+                pass
+            self.stop()
+            raise RuntimeError(f"torchserve --start exited with {started.returncode}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.frontend is None and pid_file.exists() and pid_file.read_text().strip():

@@ -12,23 +12,23 @@ class PredictionMetrics:
     predictions by label, the probability and input-length distributions, errors by kind."""
 
     def __init__(self, metrics):
-        self.predictions = metrics.add_metric_to_cache("SentimentPredictions", "count", ["ModelName", "Label"], MetricTypes.COUNTER)
-        self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "Kind"], MetricTypes.COUNTER)
-        self.probability = metrics.add_metric_to_cache("SentimentProbability", "probability", ["ModelName"], MetricTypes.HISTOGRAM)
+        self.predictions = metrics.add_metric_to_cache("SentimentPredictions", "count", ["ModelName", "ModelVersion", "Label"], MetricTypes.COUNTER)
+        self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "ModelVersion", "Kind"], MetricTypes.COUNTER)
+        self.probability = metrics.add_metric_to_cache("SentimentProbability", "probability", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
         # In thousands of characters: TorchServe's fixed Prometheus buckets (0.005 ... 10) then span 5 to 10,000 characters.
-        self.input_kchars = metrics.add_metric_to_cache("SentimentInputKiloChars", "kilocharacters", ["ModelName"], MetricTypes.HISTOGRAM)
+        self.input_kchars = metrics.add_metric_to_cache("SentimentInputKiloChars", "kilocharacters", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
 
     def record(self, parsed: list[Parsed], signature: Signature) -> None:
-        name = signature.model_name
+        model = [signature.model_name, signature.version]
         labels = {label: 0 for label in signature.labels}
         for request in parsed:
             if request.error is not None:
-                self.errors.add_or_update(1, [name, request.error.kind])
+                self.errors.add_or_update(1, [*model, request.error.kind])
                 continue
             for text, probability in zip(request.texts, request.probabilities):
                 labels[signature.label(probability)] += 1
-                self.probability.add_or_update(probability, [name])
-                self.input_kchars.add_or_update(len(text) / 1000, [name])
+                self.probability.add_or_update(probability, model)
+                self.input_kchars.add_or_update(len(text) / 1000, model)
         for label, count in labels.items():
             if count:
-                self.predictions.add_or_update(count, [name, label])
+                self.predictions.add_or_update(count, [*model, label])

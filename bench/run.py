@@ -73,6 +73,8 @@ H2H_ROUNDS = 3  # interleaved rounds of the target comparison at the top concurr
 VARIANTS = {"fresh_jvm": {}, "netty1": {"number_of_netty_threads": "1", "netty_client_threads": "1"}}
 H2H_WARM_S = 5.0  # an unrecorded burst per head-to-head server before the rounds
 JVM_WARM_S = 8.0  # an unrecorded burst of predictions before the first TorchServe point
+BUDGET_S = 540  # the optional parts (delay sweep, frontend variants) are skipped to finish within it
+SWEEP_RESERVE_S, VARIANTS_RESERVE_S = 200, 150  # time left needed to start one more delay / the variants
 PREWARM_REQUESTS = 100  # sent one by one after each (re-)registration, before any warm-up
 WARMUP_S, DURATION_S = 1.0, 3.0
 MAX_REQUESTS = 100_000  # per point, warm-up included: a bound far above what 5 s can reach here
@@ -279,8 +281,8 @@ def scale(ts: LocalTorchServe, workers: int) -> dict:
 # ---------------------------------------------------------------- one load point
 
 class Bench:
-    def __init__(self, args, bodies_file: Path):
-        self.args, self.bodies_file = args, bodies_file
+    def __init__(self, args, bodies_file: Path, started: float):
+        self.args, self.bodies_file, self.started = args, bodies_file, started
         self.points: list[dict] = []
         self.log_offsets: dict[str, int] = {}
 
@@ -320,6 +322,10 @@ class Bench:
         ours = result["client_cpu_cores"] + sum(v for k, v in cores.items() if k != "machine_busy")
         cores["other_processes"] = round(max(0.0, cores["machine_busy"] - ours), 3)
         record = {"case": case, "config": config, **result, "cpu_cores": cores, **extra}
+        if result["throughput_rps"] > 0:
+            server = sum(v for k, v in cores.items() if k not in ("machine_busy", "other_processes"))
+            record["server_cpu_us_per_request"] = round(server / result["throughput_rps"] * 1e6, 1)
+            record["client_cpu_us_per_request"] = round(result["client_cpu_cores"] / result["throughput_rps"] * 1e6, 1)
         if ts is not None:
             record["torchserve"] = self.torchserve_side(ts, counters_before, counters_after, wall_start, wall_end)
             record["avg_batch_size"] = record["torchserve"].get("avg_batch_size")
@@ -327,8 +333,12 @@ class Bench:
         lat = result["latency_ms"]
         log(f"{case:>14} c={concurrency:<3} {result['throughput_rps']:>8.1f} req/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
             f"errors {result['errors']}  client cpu {result['client_cpu_cores']:.2f}  other cpu {cores['other_processes']:.2f}"
+            + (f"  server cpu/req {record.get('server_cpu_us_per_request')} us" if "server_cpu_us_per_request" in record else "")
             + (f"  batch {record.get('avg_batch_size')}" if ts else ""))
         return record
+
+    def time_left(self) -> float:
+        return self.args.budget - (time.monotonic() - self.started)
 
     def burst(self, url: str, concurrency: int, seconds: float, post: bool = True) -> None:
         """Unrecorded load, to warm a fresh server up."""
@@ -433,6 +443,9 @@ def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list
         results["choice"] = choice
         workers, batch_size = choice["recommended"]["workers"], choice["recommended"]["batch_size"]
         for delay in DELAY_SWEEP_MS if batch_size > 1 else ():  # no delay without batching
+            if bench.time_left() < SWEEP_RESERVE_S:
+                log(f"skipping max_batch_delay={delay} ms: {bench.time_left():.0f} s of the {bench.args.budget:.0f} s budget left")
+                continue
             register(ts, workers, batch_size, delay)
             config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay}
             for c in CONCURRENCY:
@@ -455,7 +468,11 @@ def head_to_head(bench: Bench, results: dict, ts: LocalTorchServe, store: Path, 
             cases = [("naive", naive_url + f"/predictions/{MODEL}", {"server": lambda: tree(psutil.Process(process.pid))}, True, None, {}),
                      ("torchserve", f"{ts.inference}/predictions/{MODEL}", ts_groups(ts), True, ts, final),
                      ("ping", ts.inference + "/ping", ts_groups(ts), False, ts, {})]
-            for name, overrides in ({} if bench.args.skip_variants else VARIANTS).items():
+            variants = {} if bench.args.skip_variants else VARIANTS
+            if variants and bench.time_left() < VARIANTS_RESERVE_S:
+                log(f"skipping the frontend variants: {bench.time_left():.0f} s of the {bench.args.budget:.0f} s budget left")
+                variants = {}
+            for name, overrides in variants.items():
                 server = stack.enter_context(torchserve(store, overrides))
                 register(server, final["workers"], final["batch_size"], final["max_batch_delay_ms"])
                 cases.append((f"torchserve_{name}", f"{server.inference}/predictions/{MODEL}", ts_groups(server), True, server,
@@ -477,20 +494,25 @@ def at(points: list[dict], case: str, concurrency: int) -> dict | None:
 
 
 def choose(points: list[dict]) -> dict:
-    """workers x batch size, from the grid (max batch delay 5 ms for all): tuned = the highest
-    throughput at the top concurrency; recommended = the fewest workers, then the smallest batch,
-    among the error-free configurations within 10 % of that throughput (the delay is chosen next,
-    by the sweep, so the latency that batching adds at low load is not held against batching here)."""
+    """workers x batch size from the grid (max batch delay 5 ms for all), by the servers' CPU time per
+    request at the top concurrency: on a CPU-bound host throughput is the CPU share the server gets
+    divided by that cost, and unlike raw throughput the cost barely depends on how much CPU other
+    processes happened to leave during the point. recommended = the fewest workers, then the smallest
+    batch, among the error-free configurations within 10 % of the lowest cost (the delay is chosen
+    next, by the sweep). For reference, the highest raw throughput at the top concurrency is kept too."""
     top = CONCURRENCY[-1]
     grid = list(dict.fromkeys(p["case"] for p in points if p.get("grid")))
     config_of = {p["case"]: p["config"] for p in points if p.get("grid")}
+    cost = {case: at(points, case, top).get("server_cpu_us_per_request", float("inf")) for case in grid}
     rps = {case: at(points, case, top)["throughput_rps"] for case in grid}
-    tuned = max(grid, key=rps.get)
     clean = [case for case in grid if not any(p["errors"] for p in points if p["case"] == case)] or grid
-    recommended = min((case for case in clean if rps[case] >= 0.9 * rps[tuned]),
-                      key=lambda case: (config_of[case]["workers"], config_of[case]["batch_size"]), default=tuned)
-    return {"tuned_case": tuned, "tuned": config_of[tuned], "recommended_case": recommended,
-            "recommended": config_of[recommended], f"throughput_at_{top}": rps, "rule": " ".join(choose.__doc__.split())}
+    cheapest = min(clean, key=cost.get)
+    recommended = min((case for case in clean if cost[case] <= 1.1 * cost[cheapest]),
+                      key=lambda case: (config_of[case]["workers"], config_of[case]["batch_size"]))
+    fastest = max(grid, key=rps.get)
+    return {"recommended_case": recommended, "recommended": config_of[recommended], "cheapest_case": cheapest,
+            "fastest_case": fastest, f"server_cpu_us_per_request_at_{top}": cost, f"throughput_at_{top}": rps,
+            "rule": " ".join(choose.__doc__.split())}
 
 
 def delay_sweep(points: list[dict], config: dict) -> dict:
@@ -500,18 +522,19 @@ def delay_sweep(points: list[dict], config: dict) -> dict:
         if (p.get("grid") or p.get("sweep")) and p["config"].get("workers") == config["workers"] \
                 and p["config"].get("batch_size") == config["batch_size"]:
             swept.setdefault(p["config"]["max_batch_delay_ms"], {})[p["concurrency"]] = {
-                "rps": p["throughput_rps"], "p50": p["latency_ms"]["p50"], "p99": p["latency_ms"]["p99"], "avg_batch": p.get("avg_batch_size")}
+                "rps": p["throughput_rps"], "p50": p["latency_ms"]["p50"], "p99": p["latency_ms"]["p99"],
+                "avg_batch": p.get("avg_batch_size"), "server_cpu_us_per_request": p.get("server_cpu_us_per_request")}
     return dict(sorted(swept.items()))
 
 
 def best_delay(swept: dict) -> int:
-    """maxBatchDelay: the smallest delay (the least latency added when a batch does not fill, e.g.
-    at one client) that keeps 90 % of the best throughput over the delays at the top concurrency."""
+    """maxBatchDelay: the smallest delay (the least latency added when a batch does not fill, as at
+    one client) whose server CPU per request at the top concurrency is within 10 % of the lowest."""
     if len(swept) < 2:
         return next(iter(swept), GRID_DELAY_MS)
     top = CONCURRENCY[-1]
-    best = max(rows[top]["rps"] for rows in swept.values())
-    return min(d for d, rows in swept.items() if rows[top]["rps"] >= 0.9 * best)
+    cost = {d: rows[top]["server_cpu_us_per_request"] or float("inf") for d, rows in swept.items() if top in rows}
+    return min(d for d, c in cost.items() if c <= 1.1 * min(cost.values()))
 
 
 def h2h_medians(points: list[dict]) -> dict:
@@ -521,15 +544,18 @@ def h2h_medians(points: list[dict]) -> dict:
         rows = [p for p in points if p["case"] == case]
         rps = [p["throughput_rps"] for p in rows]
         p99 = [p["latency_ms"]["p99"] for p in rows if p["latency_ms"]["p99"] is not None]
+        median = lambda key: round(statistics.median(p.get(key) or 0 for p in rows), 2)  # noqa: E731
         out[case.removeprefix("h2h_")] = {
             "config": rows[0]["config"], "rounds": len(rows),
             "throughput_rps": round(statistics.median(rps), 1), "throughput_range": [min(rps), max(rps)],
             "p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in rows), 3),
             "p99_ms": round(statistics.median(p99), 3) if p99 else None, "p99_range": [min(p99), max(p99)] if p99 else None,
             "errors": sum(p["errors"] for p in rows),
+            "server_cpu_us_per_request": median("server_cpu_us_per_request"),
+            "client_cpu_us_per_request": median("client_cpu_us_per_request"),
             "client_cpu_cores": round(statistics.median(p["client_cpu_cores"] for p in rows), 3),
             "other_processes_cpu_cores": round(statistics.median(p["cpu_cores"]["other_processes"] for p in rows), 3),
-            "avg_batch_size": rows[0].get("avg_batch_size") and round(statistics.median(p.get("avg_batch_size") or 0 for p in rows), 2),
+            "avg_batch_size": median("avg_batch_size") or None,
         }
     return out
 
@@ -541,78 +567,91 @@ def ratio_check(value: float, target: float, higher_is_better: bool) -> dict:
 
 
 def targets(results: dict) -> dict:
-    """The targets at the top concurrency: primarily from the interleaved head-to-head medians,
-    and, for reference, from the single-pass grid (tuned = best grid point at the top concurrency)."""
+    """The targets at the top concurrency, from the interleaved head-to-head medians (TorchServe in
+    the final configuration vs naive vs /ping), and for reference from the single grid pass (the
+    final configuration's grid point against the naive and /ping points measured minutes earlier).
+    Also the CPU time per request behind each, which is what decides the ratios on a CPU-bound host."""
     points, ceilings, profile = results["points"], results["ceilings"], results["worker_profile"]
     top = CONCURRENCY[-1]
-    forward64 = ceilings["batches"]["64"]["torchscript"]["texts_per_s"]
-    serve64 = ceilings["batches"]["64"]["torchscript"]["encode_plus_forward_texts_per_s"]
+    forward64 = ceilings["batches"]["64"]["torchscript"]["texts_per_cpu_s"]
+    serve64 = ceilings["batches"]["64"]["torchscript"]["encode_plus_forward_texts_per_cpu_s"]
+    cores = psutil.cpu_count()
 
-    def block(ts_rps, ts_p99, naive_rps, naive_p99, ping_rps, batch_size) -> dict:
+    def block(ts: dict, naive: dict, ping: dict, batch_size: int) -> dict:
         worker = profile["batch_sizes"].get(str(batch_size))
+        total = lambda r: r["server_cpu_us_per_request"] + r["client_cpu_us_per_request"]  # noqa: E731
         return {
-            "throughput_rps": ts_rps, "p99_ms": ts_p99, "naive_throughput_rps": naive_rps, "naive_p99_ms": naive_p99, "ping_rps": ping_rps,
-            "throughput_vs_naive": ratio_check(ts_rps / naive_rps, 1.0, True),
-            "p99_vs_naive": ratio_check(ts_p99 / naive_p99, 1.5, False),
-            "throughput_vs_ping": ratio_check(ts_rps / ping_rps, 0.5, True),
-            "vs_forward_only_ceiling_b64": {"ratio": round(ts_rps / forward64, 4), "ceiling_texts_per_s": forward64,
+            "throughput_rps": ts["throughput_rps"], "p99_ms": ts["p99_ms"],
+            "naive_throughput_rps": naive["throughput_rps"], "naive_p99_ms": naive["p99_ms"], "ping_rps": ping["throughput_rps"],
+            "throughput_vs_naive": ratio_check(ts["throughput_rps"] / naive["throughput_rps"], 1.0, True),
+            "p99_vs_naive": ratio_check(ts["p99_ms"] / naive["p99_ms"], 1.5, False),
+            "throughput_vs_ping": ratio_check(ts["throughput_rps"] / ping["throughput_rps"], 0.5, True),
+            "cpu_us_per_request": {"torchserve": {"server": ts["server_cpu_us_per_request"], "client": ts["client_cpu_us_per_request"]},
+                                   "naive": {"server": naive["server_cpu_us_per_request"], "client": naive["client_cpu_us_per_request"]},
+                                   "ping": {"server": ping["server_cpu_us_per_request"], "client": ping["client_cpu_us_per_request"]}},
+            "projected_on_idle_host": {
+                "note": f"{cores} cores / (server + client CPU per request): what each would reach with the machine to itself",
+                "torchserve_rps": round(cores / total(ts) * 1e6), "naive_rps": round(cores / total(naive) * 1e6),
+                "ping_rps": round(cores / total(ping) * 1e6),
+                "torchserve_vs_naive": round(total(naive) / total(ts), 2), "torchserve_vs_ping": round(total(ping) / total(ts), 2)},
+            "vs_forward_only_ceiling_b64": {"ratio": round(ts["throughput_rps"] / forward64, 4), "ceiling_texts_per_cpu_s": forward64,
                                             "note": "TorchScript forward alone, one thread, batches of 64 pre-encoded texts"},
-            "vs_encode_plus_forward_ceiling_b64": {"ratio": round(ts_rps / serve64, 3), "ceiling_texts_per_s": serve64,
-                                                   "note": "text.py encode + forward, one thread, one core; 2 cores would double it"},
-            "vs_worker_in_process_ceiling": {"ratio": round(ts_rps / worker["worker_ceiling_rps"], 3) if worker else None,
-                                             "ceiling_rps": worker["worker_ceiling_rps"] if worker else None,
-                                             "note": f"one worker's whole Python path (JSON, handler, response) at batch {batch_size}, in-process, one core"},
+            "vs_encode_plus_forward_ceiling_b64": {"ratio": round(ts["throughput_rps"] / serve64, 3), "ceiling_texts_per_cpu_s": serve64,
+                                                   "note": "the archive's encode + forward per CPU-second of one core; the host has "
+                                                           f"{cores}, shared with the frontend, the client and other processes"},
+            "vs_worker_in_process_ceiling": {
+                "ratio": round(ts["throughput_rps"] / worker["worker_ceiling_rps_per_core"], 3) if worker else None,
+                "ceiling_rps_per_core": worker["worker_ceiling_rps_per_core"] if worker else None,
+                "note": f"one worker's whole Python path (JSON, handler, response) at batch {batch_size}, in-process, per CPU-second"},
         }
 
     out = {}
     h2h = results.get("head_to_head", {})
     if {"naive", "torchserve", "ping"} <= h2h.keys():
-        n, t, g = h2h["naive"], h2h["torchserve"], h2h["ping"]
+        t = h2h["torchserve"]
         out["head_to_head"] = {"case": "final configuration " + json.dumps(t["config"]), "concurrency": top,
                                "source": f"medians of {t['rounds']} interleaved rounds",
-                               **block(t["throughput_rps"], t["p99_ms"], n["throughput_rps"], n["p99_ms"], g["throughput_rps"], t["config"]["batch_size"])}
-    tuned = at(points, results["choice"]["tuned_case"], top)
-    naive, ping = at(points, "naive", top), at(points, "ping", top)
-    out["grid_pass"] = {"case": results["choice"]["tuned_case"], "concurrency": top, "source": "single pass, points measured minutes apart",
-                        **block(tuned["throughput_rps"], tuned["latency_ms"]["p99"], naive["throughput_rps"], naive["latency_ms"]["p99"],
-                                ping["throughput_rps"], tuned["config"]["batch_size"])}
+                               **block(t, h2h["naive"], h2h["ping"], t["config"]["batch_size"])}
+    final = results["final_config"]
+    case = next((p["case"] for p in points if (p.get("grid") or p.get("sweep")) and p["config"] == final), None)
+    if case:
+        one = lambda p: {**p, "p99_ms": p["latency_ms"]["p99"]}  # noqa: E731
+        out["grid_pass"] = {"case": case, "concurrency": top, "source": "single pass, points measured minutes apart",
+                            **block(one(at(points, case, top)), one(at(points, "naive", top)), one(at(points, "ping", top)), final["batch_size"])}
     return out
 
 
 def breakdown(points: list[dict], profile: dict) -> dict:
-    """Where one request's time goes on 1 worker, batch size 1, 1 client (w1b1, c=1), and CPU per request under load."""
+    """Where the time of one request goes (w1b1, one client: every step is serial), from that point's
+    own CPU accounting, the frontend's clock and the in-process worker profile; and where the CPU goes
+    per request at the top concurrency for every case."""
     point = at(points, "w1b1", 1)
-    worker = profile["batch_sizes"]["1"]["per_request_us"]
-    side = point["torchserve"]
+    n = point["throughput_rps"]
     client_ms = point["latency_ms"]["mean"]
-    frontend_ms = side.get("frontend_latency_ms_mean")
-    worker_ms = profile["batch_sizes"]["1"]["worker_total_per_request_us"] / 1e3
-    steps_ms = {
-        "json_decode_and_framing": worker["decode"] / 1e3,
-        "handler_preprocess": worker.get("preprocess", 0) / 1e3,
-        "tokenise_encode": worker.get("encode", 0) / 1e3,
-        "forward": worker.get("forward", 0) / 1e3,
-        "sigmoid_and_other_inference": worker.get("inference_other", 0) / 1e3,
-        "handler_postprocess": worker.get("postprocess", 0) / 1e3,
-        "response_json_and_framing": worker.get("response", 0) / 1e3,
-        "metrics_and_ts_service": worker.get("predict_other", 0) / 1e3,
+    cpu_ms = {name: round(cores / n * 1e3, 3) for name, cores in point["cpu_cores"].items() if name not in ("machine_busy", "other_processes")}
+    cpu_ms["client"] = round(point["client_cpu_cores"] / n * 1e3, 3)
+    busy_ms = sum(cpu_ms.values())
+    steps_us = profile["batch_sizes"]["1"]["per_request_us"]
+    worker_in_process_us = profile["batch_sizes"]["1"]["worker_total_per_request_us"]
+    step_names = {"decode": "JSON decode + framing", "preprocess": "handler preprocess (validation)", "encode": "tokenise + encode",
+                  "forward": "forward", "inference_other": "sigmoid, tolist", "postprocess": "postprocess + prediction metrics",
+                  "response": "response JSON + framing", "predict_other": "TorchServe service + handler metrics"}
+    result = {
+        "point": "w1b1 at concurrency 1: one request in flight, so client, frontend and worker work one after the other",
+        "client_latency_ms_mean": client_ms, "client_latency_ms_p50": point["latency_ms"]["p50"],
+        "frontend_clock_ms_mean": point["torchserve"].get("frontend_latency_ms_mean"),
+        "frontend_queue_ms_mean": point["torchserve"].get("frontend_queue_ms_mean"),
+        "cpu_ms_per_request": cpu_ms,
+        "waiting_ms_per_request": round(client_ms - busy_ms, 3),
+        "shares_of_client_latency": {**{f"{name} CPU": round(ms / client_ms, 3) for name, ms in cpu_ms.items()},
+                                     "waiting (no CPU: wake-ups, socket hand-offs, a core taken by other processes)": round((client_ms - busy_ms) / client_ms, 3)},
+        "worker_cpu_split_in_process": {
+            "note": "shares of the worker's own Python path per request at batch 1 (inprocess.py, CPU time); "
+                    "the live worker also spends CPU on socket I/O and its log lines",
+            "total_us": worker_in_process_us,
+            **{step_names.get(k, k): round(v / worker_in_process_us, 3) for k, v in steps_us.items()
+               if k not in ("predict", "inference")}},
     }
-    result = {"point": "w1b1 at concurrency 1 (one request in flight)", "client_latency_ms_mean": client_ms,
-              "client_latency_ms_p50": point["latency_ms"]["p50"],
-              "frontend_latency_ms_mean": frontend_ms, "frontend_queue_ms_mean": side.get("frontend_queue_ms_mean"),
-              "worker_python_ms_in_process": round(worker_ms, 3),
-              "worker_steps_ms": {k: round(v, 4) for k, v in steps_ms.items()}}
-    if frontend_ms is not None:
-        result["http_client_and_loopback_ms"] = round(client_ms - frontend_ms, 3)
-        result["frontend_netty_ipc_scheduling_ms"] = round(frontend_ms - worker_ms, 3)
-        result["shares_of_client_latency"] = {
-            "client + HTTP on loopback (outside the frontend's clock)": round((client_ms - frontend_ms) / client_ms, 3),
-            "frontend (Netty, queue, batching) + Unix-socket IPC + worker wake-up": round((frontend_ms - worker_ms) / client_ms, 3),
-            "worker Python: JSON, handler, response": round(worker_ms / client_ms, 3),
-            "of which tokenise+encode": round(steps_ms["tokenise_encode"] / client_ms, 3),
-            "of which forward": round(steps_ms["forward"] / client_ms, 3),
-        }
-    # CPU time per request under load: the servers' processes (psutil) and the client's own.
     under_load = {}
     for case in dict.fromkeys(p["case"] for p in points if p["concurrency"] == CONCURRENCY[-1] and p["requests"]):
         rows = [p for p in points if p["case"] == case and p["concurrency"] == CONCURRENCY[-1]]
@@ -680,71 +719,81 @@ def plot(results: dict, path: Path) -> None:
 def summary_markdown(results: dict) -> str:
     points, top = results["points"], CONCURRENCY[-1]
     cs = list(CONCURRENCY)
+    short = {"workers": "w", "batch_size": "b", "max_batch_delay_ms": "delay", "tcp_nodelay": "nodelay", "torch_threads": "threads",
+             "number_of_netty_threads": "netty", "netty_client_threads": "netty_client"}
+    describe = lambda config: " ".join(f"{short.get(k, k)}={v}" for k, v in config.items())  # noqa: E731
+    num = lambda v, fmt=".0f": "" if v is None else format(v, fmt)  # noqa: E731
     main_points = [p for p in points if not p.get("h2h")]
-    lines = ["| case | config | " + " | ".join(f"req/s c={c}" for c in cs) + " | " + " | ".join(f"p99 ms c={c}" for c in cs)
-             + f" | p50 ms c=1 | batch c={top} | errors | other CPU |",
-             "|---|---|" + "---:|" * (2 * len(cs) + 4)]
-    short = {"workers": "w", "batch_size": "b", "max_batch_delay_ms": "delay", "tcp_nodelay": "nodelay", "torch_threads": "threads"}
-    p50_cell = lambda r: f"{r['latency_ms']['p50']:.1f}"  # noqa: E731
-    batch_cell = lambda r: str(r.get("avg_batch_size") or "")  # noqa: E731
+    lines = [f"Single pass, {results['config']['warmup_s']} s warm-up + {results['config']['duration_s']} s per point "
+             "(other CPU = cores used by other processes on the machine during the point):", "",
+             "| case | config | " + " | ".join(f"req/s c={c}" for c in cs) + " | " + " | ".join(f"p99 ms c={c}" for c in cs)
+             + f" | p50 ms c=1 | server CPU us/req c={top} | batch c={top} | errors | other CPU |",
+             "|---|---|" + "---:|" * (2 * len(cs) + 5)]
     for case in dict.fromkeys(p["case"] for p in main_points):
         rows = {p["concurrency"]: p for p in main_points if p["case"] == case}
-        first = next(iter(rows.values()))
-        config = " ".join(f"{short.get(k, k)}={v}" for k, v in first["config"].items())
-        cell = lambda c, f: f(rows[c]) if c in rows else ""  # noqa: E731
+        get = lambda c, f: f(rows[c]) if c in rows else ""  # noqa: E731
         other = statistics.mean(r["cpu_cores"]["other_processes"] for r in rows.values())
-        lines.append(f"| {case} | {config} | " + " | ".join(cell(c, lambda r: f"{r['throughput_rps']:.0f}") for c in cs)
-                     + " | " + " | ".join(cell(c, lambda r: f"{r['latency_ms']['p99']:.1f}") for c in cs)
-                     + f" | {cell(1, p50_cell)} | {cell(top, batch_cell)}"
-                     + f" | {sum(r['errors'] for r in rows.values())} | {other:.2f} |")
+        lines.append(f"| {case} | {describe(next(iter(rows.values()))['config'])} | "
+                     + " | ".join(get(c, lambda r: f"{r['throughput_rps']:.0f}") for c in cs) + " | "
+                     + " | ".join(get(c, lambda r: num(r["latency_ms"]["p99"], ".1f")) for c in cs)
+                     + f" | {get(1, lambda r: num(r['latency_ms']['p50'], '.1f'))} | {get(top, lambda r: num(r.get('server_cpu_us_per_request')))}"
+                     + f" | {get(top, lambda r: num(r.get('avg_batch_size'), '.1f'))} | {sum(r['errors'] for r in rows.values())} | {other:.2f} |")
     h2h = results.get("head_to_head", {})
     if h2h:
-        lines += ["", f"Head-to-head at c={top}, interleaved, median of {next(iter(h2h.values()))['rounds']} rounds:", "",
-                  "| case | config | req/s (min-max) | p50 ms | p99 ms | batch | client CPU | other CPU | errors |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", f"Head-to-head at c={top}: the cases in turn, {next(iter(h2h.values()))['rounds']} rounds, medians:", "",
+                  "| case | config | req/s (min-max) | p50 ms | p99 ms | server CPU us/req | client CPU us/req | batch | other CPU | errors |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, h in h2h.items():
-            config = " ".join(f"{short.get(k, k)}={v}" for k, v in h["config"].items())
-            lines.append(f"| {name} | {config} | {h['throughput_rps']:.0f} ({h['throughput_range'][0]:.0f}-{h['throughput_range'][1]:.0f}) | "
-                         f"{h['p50_ms']:.1f} | {h['p99_ms'] if h['p99_ms'] is None else round(h['p99_ms'], 1)} | {h['avg_batch_size'] or ''} | "
-                         f"{h['client_cpu_cores']:.2f} | {h['other_processes_cpu_cores']:.2f} | {h['errors']} |")
+            lines.append(f"| {name} | {describe(h['config'])} | {h['throughput_rps']:.0f} ({h['throughput_range'][0]:.0f}-{h['throughput_range'][1]:.0f}) | "
+                         f"{h['p50_ms']:.1f} | {num(h['p99_ms'], '.1f')} | {num(h['server_cpu_us_per_request'])} | "
+                         f"{num(h['client_cpu_us_per_request'])} | {num(h['avg_batch_size'], '.1f')} | {h['other_processes_cpu_cores']:.2f} | {h['errors']} |")
+    lines += ["", f"Targets at c={top}:", ""]
+    for label, t in results["targets"].items():
+        proj = t["projected_on_idle_host"]
+        lines.append(f"- {label} ({t['source']}; {t['case']}): TorchServe {t['throughput_rps']:.0f} req/s, p99 {num(t['p99_ms'], '.1f')} ms; "
+                     f"naive {t['naive_throughput_rps']:.0f} req/s, p99 {num(t['naive_p99_ms'], '.1f')} ms; /ping {t['ping_rps']:.0f} req/s. "
+                     + "; ".join(f"{name.replace('_', ' ')} {t[name]['ratio']}x ({'met' if t[name]['met'] else 'MISSED'}: target {t[name]['target']}, {t[name]['margin']})"
+                                 for name in ("throughput_vs_naive", "p99_vs_naive", "throughput_vs_ping"))
+                     + f". CPU per request (server+client, us): TorchServe {sum(t['cpu_us_per_request']['torchserve'].values()):.0f}, "
+                     f"naive {sum(t['cpu_us_per_request']['naive'].values()):.0f}, /ping {sum(t['cpu_us_per_request']['ping'].values()):.0f}; "
+                     f"projected on an idle {psutil.cpu_count()}-core host: vs naive {proj['torchserve_vs_naive']}x, vs /ping {proj['torchserve_vs_ping']}x. "
+                     f"Gap to ceilings: {t['vs_encode_plus_forward_ceiling_b64']['ratio']}x of encode+forward per core, "
+                     f"{t['vs_worker_in_process_ceiling']['ratio']}x of the worker's in-process path per core, "
+                     f"{t['vs_forward_only_ceiling_b64']['ratio']}x of the forward pass alone")
     ceilings = results["ceilings"]["batches"]
-    lines += ["", "In-process ceilings (texts/s, one thread unless stated):", "",
+    lines += ["", "In-process ceilings, the archive's code, texts per CPU-second (one thread unless stated):", "",
               "| batch | encode (text.py) | TorchScript fwd | eager fwd | ONNX Runtime fwd | TorchScript fwd, 2 threads | encode + TorchScript |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for b, e in ceilings.items():
-        cells = [f"{e[name]['texts_per_s']:.0f}" if name in e else "n/a" for name in ("encode", "torchscript", "eager", "onnxruntime", "torchscript_2_threads")]
-        lines.append(f"| {b} | " + " | ".join(cells) + f" | {e['torchscript']['encode_plus_forward_texts_per_s']:.0f} |")
+        cells = [num(e[name]["texts_per_cpu_s"]) if name in e else "n/a" for name in ("encode", "torchscript", "eager", "onnxruntime")]
+        two = e.get("torchscript_2_threads")
+        cells.append(f"{num(two['texts_per_cpu_s'])} ({num(two['texts_per_wall_s'])}/s wall)" if two else "n/a")
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {num(e['torchscript']['encode_plus_forward_texts_per_cpu_s'])} |")
     lines += ["", f"Parity with the archive's TorchScript core: {results['ceilings']['parity']}"]
     steps = results["ceilings"].get("encode_steps_us_per_text")
     if steps:
-        lines += ["", "Encode, us per text of the mix: " + ", ".join(f"{k} {v}" for k, v in steps.items())]
-    lines += ["", f"Targets at c={top}:", ""]
-    for label, t in results["targets"].items():
-        lines.append(f"- {label} ({t['source']}; {t['case']}): {t['throughput_rps']:.0f} req/s, p99 {t['p99_ms']:.1f} ms. "
-                     + "; ".join(f"{name} {t[name]['ratio']}x ({'met' if t[name]['met'] else 'MISSED'}, target {t[name]['target']})"
-                                 for name in ("throughput_vs_naive", "p99_vs_naive", "throughput_vs_ping"))
-                     + f"; vs encode+forward ceiling {t['vs_encode_plus_forward_ceiling_b64']['ratio']}x, "
-                     f"vs worker in-process ceiling {t['vs_worker_in_process_ceiling']['ratio']}x, "
-                     f"vs forward-only ceiling {t['vs_forward_only_ceiling_b64']['ratio']}x")
+        lines += ["", "Encode, CPU us per text of the mix: " + ", ".join(f"{k} {v}" for k, v in steps.items())]
     b = results["breakdown"]
-    if "shares_of_client_latency" in b:
-        lines += ["", f"One request (w1b1, c=1): client {b['client_latency_ms_mean']} ms mean, TorchServe frontend clock "
-                  f"{b['frontend_latency_ms_mean']} ms, worker Python {b['worker_python_ms_in_process']} ms in-process. Shares: "
-                  + "; ".join(f"{k} {v:.0%}" for k, v in b["shares_of_client_latency"].items())]
+    lines += ["", f"One request (w1b1, c=1, serial): client latency {b['client_latency_ms_mean']} ms mean (TorchServe's own clock "
+              f"{b['frontend_clock_ms_mean']} ms); CPU per request, ms: " + ", ".join(f"{k} {v}" for k, v in b["cpu_ms_per_request"].items())
+              + f"; waiting {b['waiting_ms_per_request']} ms. Shares: " + "; ".join(f"{k} {v:.0%}" for k, v in b["shares_of_client_latency"].items()),
+              "", f"Worker's own path, {b['worker_cpu_split_in_process']['total_us']} CPU us per request at batch 1: " + "; ".join(
+                  f"{k} {v:.0%}" for k, v in b["worker_cpu_split_in_process"].items() if k not in ("note", "total_us"))]
     cpu = b["cpu_us_per_request_at_top_concurrency"]
-    lines += ["", f"CPU us per request at c={top}: " + "; ".join(
-        f"{case} " + "/".join(f"{k} {v:.0f}" for k, v in parts.items()) for case, parts in cpu.items() if case in
-        ("naive", "ping", "shipped") or case.startswith("h2h_"))]
+    lines += ["", f"CPU us per request at c={top} (median over points): " + "; ".join(
+        f"{case} " + "/".join(f"{k} {v:.0f}" for k, v in parts.items()) for case, parts in cpu.items())]
     nd, nn = at(points, "naive_nodelay_off", 1), at(points, "naive", 1)
     if nd and nn:
         lines += ["", f"TCP_NODELAY check (naive, c=1): off: p50 {nd['latency_ms']['p50']} ms, {nd['throughput_rps']:.0f} req/s; "
                   f"on (asyncio's default, kept): p50 {nn['latency_ms']['p50']} ms, {nn['throughput_rps']:.0f} req/s"]
     rec = results["recommended_defaults"]
-    lines += ["", "Recommended model-config.yaml: " + ", ".join(f"{k}: {v}" for k, v in rec["model_config_yaml"].items())]
+    lines += ["", "Recommended model-config.yaml: " + ", ".join(f"{k}: {v}" for k, v in rec["model_config_yaml"].items())
+              + f" (grid choice {results['choice']['recommended_case']}; lowest CPU/request {results['choice']['cheapest_case']}, "
+              f"highest req/s {results['choice']['fastest_case']})"]
     for name, v in rec["frontend_variants"].items():
-        lines += [f"Frontend variant {name} ({', '.join(f'{k}={x}' for k, x in v['config'].items() if 'netty' in k or 'async' in k)}): "
-                  f"{v['throughput_rps']:.0f} req/s vs {v['control_throughput_rps']:.0f} for a fresh JVM with config.properties "
-                  f"({v['throughput_vs_control']}x, p99 {v['p99_ms']} vs {v['control_p99_ms']} ms): {v['verdict']}"]
+        lines += [f"Frontend variant {name} ({describe({k: x for k, x in v['config'].items() if 'netty' in k})}): "
+                  f"{v['throughput_rps']:.0f} req/s, server CPU {num(v['server_cpu_us_per_request'])} us/req vs {v['control_throughput_rps']:.0f} req/s, "
+                  f"{num(v['control_server_cpu_us_per_request'])} us/req for a fresh JVM with config.properties: {v['verdict']}"]
     other = [p["cpu_cores"]["other_processes"] for p in points]
     lines += ["", f"Background CPU from other processes during the points: mean {statistics.mean(other):.2f}, max {max(other):.2f} "
               f"of {psutil.cpu_count()} cores; load average {results['machine']['load_average_at_start']} at start, "
@@ -753,17 +802,21 @@ def summary_markdown(results: dict) -> str:
 
 
 def frontend_verdicts(h2h: dict) -> dict:
-    """Each frontend variant against the control started and warmed the same way (fresh_jvm)."""
+    """Each frontend variant against the control started and warmed the same way (fresh_jvm),
+    judged on server CPU per request (throughput follows it on a saturated host)."""
     control = h2h.get("torchserve_fresh_jvm")
     out = {}
     for name, h in h2h.items():
         if name.startswith("torchserve_") and name != "torchserve_fresh_jvm" and control:
-            ratio = h["throughput_rps"] / control["throughput_rps"]
+            cost = h["server_cpu_us_per_request"] / control["server_cpu_us_per_request"]
             out[name.removeprefix("torchserve_")] = {
                 "config": h["config"], "throughput_rps": h["throughput_rps"], "p99_ms": h["p99_ms"],
+                "server_cpu_us_per_request": h["server_cpu_us_per_request"],
                 "control_throughput_rps": control["throughput_rps"], "control_p99_ms": control["p99_ms"],
-                "throughput_vs_control": round(ratio, 2),
-                "verdict": "no worse (within 10 %)" if ratio >= 0.9 else "worse: keep the default"}
+                "control_server_cpu_us_per_request": control["server_cpu_us_per_request"],
+                "throughput_vs_control": round(h["throughput_rps"] / control["throughput_rps"], 2),
+                "cpu_per_request_vs_control": round(cost, 2),
+                "verdict": "no worse (CPU per request within 10 %)" if cost <= 1.1 else "worse: keep the default"}
     return out
 
 
@@ -788,6 +841,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=DURATION_S, help="measured seconds per point")
     parser.add_argument("--max-requests", type=int, default=MAX_REQUESTS)
     parser.add_argument("--mar", type=Path, default=SHIPPED_MAR, help="archive to serve (copied to a private model store)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds; optional parts are skipped to stay within it")
     parser.add_argument("--skip-variants", action="store_true", help="no frontend variants (VARIANTS) in the head-to-head")
     parser.add_argument("--quick", action="store_true", help="0.5 s warm-up, 2 s points, no frontend variants: a smoke test")
     args = parser.parse_args()
@@ -832,11 +886,11 @@ def main() -> None:
     measured = json.loads(inprocess.stdout.strip().splitlines()[-1])
     results["ceilings"], results["worker_profile"] = measured["ceilings"], measured["worker_profile"]
     for b, e in results["ceilings"]["batches"].items():
-        log(f"  batch {b}: encode {e['encode']['texts_per_s']:.0f} texts/s; forward " + ", ".join(
-            f"{name} {e[name]['texts_per_s']:.0f}" for name in ("torchscript", "eager", "onnxruntime", "torchscript_2_threads") if name in e))
+        log(f"  batch {b}: encode {e['encode']['texts_per_cpu_s']:.0f} texts per CPU-s; forward " + ", ".join(
+            f"{name} {e[name]['texts_per_cpu_s']:.0f}" for name in ("torchscript", "eager", "onnxruntime", "torchscript_2_threads") if name in e))
     log(f"  parity: {results['ceilings']['parity']}")
 
-    bench = Bench(args, bodies_file)
+    bench = Bench(args, bodies_file, started)
     results["points"] = bench.points
     sample = bodies[:20]
     try:

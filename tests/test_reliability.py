@@ -341,11 +341,9 @@ def test_registering_a_model_from_outside_the_store_is_refused(server, url):
             requests.delete(server.management + "/models/evil", timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TorchServe 0.12 registers an unpacked model DIRECTORY given by absolute path (url=/any/dir), "
-    "whatever allowed_urls says: with enable_model_api=true, anyone who can reach the management "
-    "address and write a directory can run code in a worker"))
 def test_registering_an_unpacked_model_directory_outside_the_store_is_refused(fault_server, store, tmp_path):
+    """TorchServe 0.12 registers an unpacked model directory given by absolute path whatever
+    allowed_urls says, when the model-control API is on: that is why it is off by default."""
     outside = tmp_path / "unpacked"
     shutil.unpack_archive(store / "sentiment.mar", outside, format="zip")
     response = requests.post(fault_server.management + "/models", params={"url": str(outside), "model_name": "outside"}, timeout=60)

@@ -32,7 +32,7 @@ def v2_archive(export_dir):
 @pytest.fixture(scope="module")
 def ts(v2_archive):
     """A TorchServe of its own with only v1 loaded (this module registers and removes versions)."""
-    server = LocalTorchServe(MODEL_STORE, models="sentiment.mar")
+    server = LocalTorchServe(MODEL_STORE, models="sentiment.mar", config={"enable_model_api": "true"})  # make serve MODEL_API=on
     start(server)
     try:
         yield server
