@@ -76,7 +76,8 @@ def parse_request(body, content_type: str | None, signature: Signature) -> Parse
     if content_type == PLAIN_TEXT:
         return Parsed([check_text(body, "body", signature)])
     if not isinstance(body, dict):
-        raise BadRequest("wrong_type", f'JSON body must be an object with "text" or "texts", got {type(body).__name__}')
+        got = "null" if body is None else type(body).__name__
+        raise BadRequest("wrong_type", f'JSON body must be an object with "text" or "texts", got {got}')
     if "inputs" in body:
         return parse_v2(body, signature)
     if ("text" in body) == ("texts" in body):

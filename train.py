@@ -44,8 +44,9 @@ def load_dataset(data_dir: Path = DATA_DIR) -> tuple[list[str], list[int], dict[
     for name, label in (("rt-polarity.pos", 1), ("rt-polarity.neg", 0)):
         raw = (data_dir / name).read_bytes()
         md5[name] = hashlib.md5(raw).hexdigest()
-        # split on "\n" only: str.splitlines() would also break at U+0085, which latin-1 decoding yields
-        lines = [line for line in raw.decode("latin-1").split("\n") if line.strip()]
+        # Split on "\n" only: str.splitlines() would also break at U+0085. Byte 0x85 is really cp1252's
+        # ellipsis (31 snippets): restore it, so it tokenises as a client's "…" does.
+        lines = [line.replace("\x85", "\u2026") for line in raw.decode("latin-1").split("\n") if line.strip()]
         texts += lines
         labels += [label] * len(lines)
     return texts, labels, md5

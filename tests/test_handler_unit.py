@@ -257,6 +257,20 @@ def test_batch_of_only_bad_requests(handler, context):
     assert all(status(context, i) == 400 and responses[i]["code"] == 400 for i in range(len(requests)))
 
 
+@pytest.mark.parametrize(
+    "body, kind",
+    [
+        (b"null", "wrong_type"),  # TorchServe decodes it to None
+        (b"", "empty_body"),  # TorchServe cannot decode it and forwards the empty bytes
+        (b"   ", "invalid_json"),
+    ],
+)
+def test_json_null_and_empty_json_bodies_as_torchserve_delivers_them(handler, context, body, kind):
+    responses = run_batch(handler, context, [json_request(body), json_request({"text": POSITIVE[0]})])
+    assert [status(context, i) for i in range(2)] == [400, 200]
+    assert responses[0]["kind"] == kind and responses[1]["label"] == "positive"
+
+
 def test_kserve_v2_request_in_a_batch(handler, context, signature):
     v2 = {"id": "abc", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [POSITIVE[0], NEGATIVE[0]]}]}
     responses = run_batch(handler, context, [json_request({"text": NEGATIVE[2]}), json_request(v2)])

@@ -90,11 +90,24 @@ def test_text_is_passed_through_unchanged(sig):
 # --- rejected: body ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content_type", [JSON, PLAIN])
-@pytest.mark.parametrize("body", [b"", "", None, bytearray()])
+@pytest.mark.parametrize("body", [b"", "", bytearray()])
 def test_empty_body(sig, body, content_type):
     error = rejected(body, content_type, sig)
     assert error.kind == "empty_body"
     assert "empty" in str(error)
+
+
+def test_no_plain_text_body_is_empty(sig):
+    assert rejected(None, PLAIN, sig).kind == "empty_body"
+
+
+@pytest.mark.parametrize("content_type", [JSON, "application/json; charset=utf-8"])
+def test_json_null_is_a_wrong_type_not_an_empty_body(sig, content_type):
+    # TorchServe decodes an application/json body `null` to None before the handler sees it
+    error = rejected(None, content_type, sig)
+    assert error.kind == "wrong_type"
+    assert str(error) == 'JSON body must be an object with "text" or "texts", got null'
+    assert rejected(b"null", content_type, sig).kind == "wrong_type"  # the same body, undecoded
 
 
 def test_invalid_json_bytes(sig):
@@ -129,7 +142,7 @@ def test_invalid_utf8_bytes(sig, content_type):
         ("a fine film", "str"),  # a JSON string body
         (b'["a fine film"]', "list"),
         (b"42", "int"),
-        (b"null", "NoneType"),
+        (b"null", "null"),
     ],
 )
 def test_json_body_that_is_not_an_object(sig, body, type_name):

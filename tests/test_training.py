@@ -70,15 +70,15 @@ def test_load_dataset_reads_one_row_per_line(dataset):
     assert not any("\n" in t or "\r" in t for t in texts)
 
 
-@pytest.mark.xfail(strict=True, reason="rt-polarity writes an ellipsis as byte 0x85 (cp1252 '\u2026'); latin-1 decodes "
-                   "it to U+0085, which the tokenizer treats as whitespace, so 31 training snippets lose the '. . .' "
-                   "that a client's '\u2026' (NFKC '...') keeps; map '\\x85' to '\u2026' in train.load_dataset and retrain")
 def test_dataset_ellipsis_byte_tokenises_like_a_client_ellipsis(dataset):
+    """rt-polarity writes an ellipsis as byte 0x85 (cp1252); load_dataset restores it as U+2026."""
     texts, _, _ = dataset
-    with_byte = [t for t in texts if "\x85" in t]
-    assert with_byte
-    for text in with_byte:
-        assert tokenize(text) == tokenize(text.replace("\x85", "\u2026")), text
+    assert not any("\x85" in t for t in texts)
+    with_ellipsis = [t for t in texts if "\u2026" in t]
+    assert len(with_ellipsis) == 31
+    for text in with_ellipsis:
+        assert tokenize(text) == tokenize(text.replace("\u2026", "..."))
+        assert "." in tokenize(text)
 
 
 # --- split ----------------------------------------------------------------------------------------
