@@ -234,7 +234,10 @@ def batches_between(ts: LocalTorchServe, start_wall: float, end_wall: float, off
 def torchserve(store: Path, config: dict | None = None):
     """A private TorchServe: free HTTP and gRPC ports, its own TMPDIR and TEMP (the JVM puts the
     worker sockets in java.io.tmpdir, /tmp by default, where another TorchServe's would collide)."""
-    overrides = {"grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()), **(config or {})}
+    overrides = {"grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
+                 # the grid re-registers the archive with other batching: this private server needs the
+                 # model-control API whatever config.properties ships (allowed_urls still limits it to model_store)
+                 "enable_model_api": "true", **(config or {})}
     ts = LocalTorchServe(store, models=f"{MODEL}.mar", config=overrides)
     ts.env["TEMP"] = str(ts.home)
     try:
