@@ -34,10 +34,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from model_def import to_tensors
+from model_def import predict_proba
 from payload import BadRequest, check_text
 from signature import Signature, load_vocab_index
-from text import encode_batch
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "build" / "v1" / "export"
 OUTPUT_COLUMNS = ("probability", "label", "error")
@@ -57,11 +56,7 @@ class Core:
         self.model = torch.jit.load(str(artifact / self.signature.model_file)).eval()
 
     def __call__(self, texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        with torch.inference_mode():
-            logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.features)))
-        return torch.sigmoid(logits).tolist()
+        return predict_proba(self.model, texts, self.index, self.signature.features).tolist()
 
 
 @lru_cache(maxsize=4)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from model_def import ModelConfig, SentimentClassifier, to_tensors
+from model_def import ModelConfig, SentimentClassifier, predict_proba, to_tensors
 from signature import MODEL_NAME, VOCAB_FILE, Signature
 from text import Features, encode_batch
-from train import load_dataset, predict_proba, split
+from train import load_dataset, split
 
 PARITY_TOLERANCE = 1e-5
 log = logging.getLogger("export")

@@ -10,11 +10,10 @@ import logging
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from model_def import to_tensors
+from model_def import predict_proba
 from payload import BadRequest, Parsed, RequestError, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_vocab_index
-from text import encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,7 @@ class SentimentHandler(BaseHandler):
         return parsed
 
     def forward(self, texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        with torch.inference_mode():
-            logits = self.model(*to_tensors(*encode_batch(texts, self.index, self.signature.features)))
-        return torch.sigmoid(logits).tolist()
+        return predict_proba(self.model, texts, self.index, self.signature.features).tolist()
 
     def postprocess(self, parsed: list[Parsed]) -> list[dict]:
         for idx, request in enumerate(parsed):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from text import Features, encode_batch
+
 
 @dataclass
 class ModelConfig:
@@ -33,6 +35,14 @@ class SentimentClassifier(nn.Module):
 
 def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
+def predict_proba(core, texts: list[str], index: dict[str, int], features: Features) -> torch.Tensor:
+    """Texts -> P(positive) through any core (eager, TorchScript): encode as in training, forward, sigmoid."""
+    if not texts:
+        return torch.empty(0)
+    with torch.inference_mode():
+        return torch.sigmoid(core(*to_tensors(*encode_batch(texts, index, features))))
 
 
 def naive_bayes_scale(bags: list[list[int]], labels: list[int], vocab_size: int, alpha: float = 1.0) -> torch.Tensor:

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 _TAG = re.compile(r"</?[a-zA-Z][^<>]*>")  # a tag, not any "<3 ... >" in prose
@@ -40,12 +41,14 @@ def ngrams(tokens: Sequence[str], n: int) -> list[str]:
 
 def char_ngrams(tokens: Sequence[str], low: int, high: int) -> list[str]:
     """Character low..high-grams inside each space-padded word, prefixed "c:" (no word feature has a ":" in a word)."""
-    grams = []
-    for token in tokens:
-        padded = f" {token} "
-        for size in range(low, high + 1):
-            grams += ["c:" + padded[i : i + size] for i in range(len(padded) - size + 1)]
-    return grams
+    return [gram for token in tokens for gram in _word_char_ngrams(token, low, high)]
+
+
+@lru_cache(maxsize=1 << 17)
+def _word_char_ngrams(token: str, low: int, high: int) -> tuple[str, ...]:
+    """Cached: words repeat (Zipf), and slicing them is most of the encoding time."""
+    padded = f" {token} "
+    return tuple("c:" + padded[i : i + size] for size in range(low, high + 1) for i in range(len(padded) - size + 1))
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def build_vocab(texts: Iterable[str], features: Features, min_count: int) -> lis
 
 def encode(text: str, index: dict[str, int], features: Features) -> list[int]:
     """Feature ids of one text; features outside the vocabulary are dropped (an empty bag scores the bias)."""
-    return [index[g] for g in features(text) if g in index]
+    return [i for i in map(index.get, features(text)) if i is not None]
 
 
 def encode_batch(texts: Sequence[str], index: dict[str, int], features: Features) -> tuple[list[int], list[int]]:

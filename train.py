@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
-from text import Features, build_vocab, encode, encode_batch
+from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, predict_proba, to_tensors
+from text import Features, build_vocab, encode
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "rt-polarity"
 SPLIT_SEED = 0  # fixed: the held-out test set never changes between versions
@@ -57,12 +57,6 @@ def split(n: int) -> dict[str, list[int]]:
     random.Random(SPLIT_SEED).shuffle(order)
     n_test, n_val = int(n * TEST_FRACTION), int(n * VALIDATION_FRACTION)
     return {"test": order[:n_test], "validation": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
-
-
-def predict_proba(core, texts: list[str], index: dict[str, int], features: Features) -> torch.Tensor:
-    """Probabilities from any callable core (eager, TorchScript) on one batch of texts."""
-    with torch.inference_mode():
-        return torch.sigmoid(core(*to_tensors(*encode_batch(texts, index, features))))
 
 
 def evaluate(core, texts: list[str], labels: list[int], index: dict[str, int], features: Features, threshold: float = 0.5) -> dict:

@@ -1,6 +1,6 @@
 """Serving benchmark: naive FastAPI baseline vs TorchServe (workers x batch size grid), with ceilings.
 
-    .venv/bin/python bench/run.py            # `make bench`: about 6 minutes on 2 busy cores
+    .venv/bin/python bench/run.py            # `make bench`: 6-7 minutes on 2 busy cores
     .venv/bin/python bench/run.py --quick    # 2 s points, no frontend variants: a smoke test (~3 min)
 
 Measures, in one run, on loopback, each case at 1, 8 and 32 concurrent closed-loop clients
@@ -329,6 +329,9 @@ class Bench:
             server = sum(v for k, v in cores.items() if k not in ("machine_busy", "other_processes"))
             record["server_cpu_us_per_request"] = round(server / result["throughput_rps"] * 1e6, 1)
             record["client_cpu_us_per_request"] = round(result["client_cpu_cores"] / result["throughput_rps"] * 1e6, 1)
+            if cores.get("workers"):
+                record["worker_cpu_us_per_request"] = round(cores["workers"] / result["throughput_rps"] * 1e6, 1)
+            record["capacity_rps"] = capacity(record)
         if ts is not None:
             record["torchserve"] = self.torchserve_side(ts, counters_before, counters_after, wall_start, wall_end)
             record["avg_batch_size"] = record["torchserve"].get("avg_batch_size")
@@ -496,25 +499,41 @@ def at(points: list[dict], case: str, concurrency: int) -> dict | None:
     return next((p for p in points if p["case"] == case and p["concurrency"] == concurrency), None)
 
 
+def capacity(point: dict) -> int | None:
+    """Requests/s this server would sustain with the host to itself (no client, no other processes),
+    from the CPU it spent per request in this point: all of it must fit in the host's cores, and each
+    single-threaded Python process (a TorchServe worker; the naive app's event loop) in one core:
+    min(cores / server CPU per request, processes / CPU per request of those processes)."""
+    server = point.get("server_cpu_us_per_request")
+    if not server:
+        return None
+    limit = psutil.cpu_count() / server
+    if point.get("worker_cpu_us_per_request"):
+        limit = min(limit, point["config"].get("workers", 1) / point["worker_cpu_us_per_request"])
+    elif "server" in point["cpu_cores"]:  # the naive app: one process, one event loop
+        limit = min(limit, 1 / server)
+    return round(limit * 1e6)
+
+
 def choose(points: list[dict]) -> dict:
-    """workers x batch size from the grid (max batch delay 5 ms for all), by the servers' CPU time per
-    request at the top concurrency: on a CPU-bound host throughput is the CPU share the server gets
-    divided by that cost, and unlike raw throughput the cost barely depends on how much CPU other
-    processes happened to leave during the point. recommended = the fewest workers, then the smallest
-    batch, among the error-free configurations within 10 % of the lowest cost (the delay is chosen
-    next, by the sweep). For reference, the highest raw throughput at the top concurrency is kept too."""
+    """workers x batch size from the grid (max batch delay 5 ms for all), by capacity() at the top
+    concurrency: the throughput the configuration would sustain with the host to itself, from the
+    CPU it spent per request. Unlike the raw throughput of a point, that barely depends on how much
+    CPU other processes happened to leave during it. recommended = the fewest workers, then the
+    smallest batch, among the error-free configurations within 10 % of the highest capacity (the
+    delay is chosen next, by the sweep). The highest raw throughput is reported beside it."""
     top = CONCURRENCY[-1]
     grid = list(dict.fromkeys(p["case"] for p in points if p.get("grid")))
     config_of = {p["case"]: p["config"] for p in points if p.get("grid")}
-    cost = {case: at(points, case, top).get("server_cpu_us_per_request", float("inf")) for case in grid}
+    cap = {case: at(points, case, top).get("capacity_rps") or 0 for case in grid}
     rps = {case: at(points, case, top)["throughput_rps"] for case in grid}
     clean = [case for case in grid if not any(p["errors"] for p in points if p["case"] == case)] or grid
-    cheapest = min(clean, key=cost.get)
-    recommended = min((case for case in clean if cost[case] <= 1.1 * cost[cheapest]),
+    best = max(clean, key=cap.get)
+    recommended = min((case for case in clean if cap[case] >= 0.9 * cap[best]),
                       key=lambda case: (config_of[case]["workers"], config_of[case]["batch_size"]))
     fastest = max(grid, key=rps.get)
-    return {"recommended_case": recommended, "recommended": config_of[recommended], "cheapest_case": cheapest,
-            "fastest_case": fastest, f"server_cpu_us_per_request_at_{top}": cost, f"throughput_at_{top}": rps,
+    return {"recommended_case": recommended, "recommended": config_of[recommended], "highest_capacity_case": best,
+            "fastest_case": fastest, f"capacity_rps_at_{top}": cap, f"throughput_at_{top}": rps,
             "rule": " ".join(choose.__doc__.split())}
 
 
@@ -556,6 +575,8 @@ def h2h_medians(points: list[dict]) -> dict:
             "p99_ms": round(statistics.median(p99), 3) if p99 else None, "p99_range": [min(p99), max(p99)] if p99 else None,
             "errors": sum(p["errors"] for p in rows),
             "server_cpu_us_per_request": median("server_cpu_us_per_request"),
+            "worker_cpu_us_per_request": median("worker_cpu_us_per_request") or None,
+            "capacity_rps": median("capacity_rps"),
             "client_cpu_us_per_request": median("client_cpu_us_per_request"),
             "client_cpu_cores": round(statistics.median(p["client_cpu_cores"] for p in rows), 3),
             "other_processes_cpu_cores": round(statistics.median(p["cpu_cores"]["other_processes"] for p in rows), 3),
@@ -583,7 +604,6 @@ def targets(results: dict) -> dict:
 
     def block(ts: dict, naive: dict, ping: dict, batch_size: int) -> dict:
         worker = profile["batch_sizes"].get(str(batch_size))
-        total = lambda r: r["server_cpu_us_per_request"] + r["client_cpu_us_per_request"]  # noqa: E731
         return {
             "throughput_rps": ts["throughput_rps"], "p99_ms": ts["p99_ms"],
             "naive_throughput_rps": naive["throughput_rps"], "naive_p99_ms": naive["p99_ms"], "ping_rps": ping["throughput_rps"],
@@ -593,11 +613,11 @@ def targets(results: dict) -> dict:
             "cpu_us_per_request": {"torchserve": {"server": ts["server_cpu_us_per_request"], "client": ts["client_cpu_us_per_request"]},
                                    "naive": {"server": naive["server_cpu_us_per_request"], "client": naive["client_cpu_us_per_request"]},
                                    "ping": {"server": ping["server_cpu_us_per_request"], "client": ping["client_cpu_us_per_request"]}},
-            "projected_on_idle_host": {
-                "note": f"{cores} cores / (server + client CPU per request): what each would reach with the machine to itself",
-                "torchserve_rps": round(cores / total(ts) * 1e6), "naive_rps": round(cores / total(naive) * 1e6),
-                "ping_rps": round(cores / total(ping) * 1e6),
-                "torchserve_vs_naive": round(total(naive) / total(ts), 2), "torchserve_vs_ping": round(total(ping) / total(ts), 2)},
+            "capacity_with_host_to_itself": {
+                "note": " ".join(capacity.__doc__.split()),
+                "torchserve_rps": ts["capacity_rps"], "naive_rps": naive["capacity_rps"], "ping_rps": ping["capacity_rps"],
+                "torchserve_vs_naive": round(ts["capacity_rps"] / naive["capacity_rps"], 2),
+                "torchserve_vs_ping": round(ts["capacity_rps"] / ping["capacity_rps"], 3)},
             "vs_forward_only_ceiling_b64": {"ratio": round(ts["throughput_rps"] / forward64, 4), "ceiling_texts_per_cpu_s": forward64,
                                             "note": "TorchScript forward alone, one thread, batches of 64 pre-encoded texts"},
             "vs_encode_plus_forward_ceiling_b64": {"ratio": round(ts["throughput_rps"] / serve64, 3), "ceiling_texts_per_cpu_s": serve64,
@@ -705,13 +725,16 @@ def plot(results: dict, path: Path) -> None:
         medians = [h2h[n]["throughput_rps"] for n in names]
         lows = [m - h2h[n]["throughput_range"][0] for n, m in zip(names, medians)]
         highs = [h2h[n]["throughput_range"][1] - m for n, m in zip(names, medians)]
-        bars = ax_h2h.bar(names, medians, yerr=[lows, highs], capsize=4, color=["black", "tab:blue", "grey", "tab:cyan"][: len(names)])
-        for bar, n in zip(bars, names):
+        colors = ["black", "tab:blue", "grey", "tab:cyan", "tab:purple", "tab:olive"]
+        bars = ax_h2h.bar(names, medians, yerr=[lows, highs], capsize=4, color=[colors[i % len(colors)] for i in range(len(names))])
+        for bar, n, high in zip(bars, names, highs):
             p99 = h2h[n]["p99_ms"]
-            ax_h2h.annotate(f"{bar.get_height():.0f}/s\np99 {p99:.0f} ms" if p99 else "", (bar.get_x() + bar.get_width() / 2, 0),
-                            ha="center", va="bottom", fontsize=8, color="white", xytext=(0, 4), textcoords="offset points")
+            ax_h2h.annotate(f"{bar.get_height():.0f}/s\np99 {p99:.0f} ms" if p99 else "", (bar.get_x() + bar.get_width() / 2, bar.get_height() + high),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax_h2h.set_yscale("log")
+        ax_h2h.set_ylim(top=max(medians) * 4)
         ax_h2h.set_title(f"Head-to-head at {CONCURRENCY[-1]} clients (median, min-max of {h2h[names[0]]['rounds']} rounds)", fontsize=9)
-        ax_h2h.set_ylabel("requests/s")
+        ax_h2h.set_ylabel("requests/s (log)")
         ax_h2h.tick_params(axis="x", labelsize=8, rotation=15)
     fig.suptitle("sentiment on 2 shared CPU cores: naive FastAPI vs TorchServe "
                  "(wXbY = X workers, batch size Y, 5 ms max batch delay; dZ = Z ms delay)", fontsize=10)
@@ -728,11 +751,12 @@ def summary_markdown(results: dict) -> str:
     describe = lambda config: " ".join(f"{short.get(k, k)}={v}" for k, v in config.items())  # noqa: E731
     num = lambda v, fmt=".0f": "" if v is None else format(v, fmt)  # noqa: E731
     main_points = [p for p in points if not p.get("h2h")]
-    lines = [f"Single pass, {results['config']['warmup_s']} s warm-up + {results['config']['duration_s']} s per point "
-             "(other CPU = cores used by other processes on the machine during the point):", "",
+    lines = [f"Single pass, {results['config']['warmup_s']} s warm-up + {results['config']['duration_s']} s per point. "
+             "other CPU = cores used by other processes during the point; capacity = the req/s the server would sustain "
+             "with the host to itself, from its CPU per request (see results.json):", "",
              "| case | config | " + " | ".join(f"req/s c={c}" for c in cs) + " | " + " | ".join(f"p99 ms c={c}" for c in cs)
-             + f" | p50 ms c=1 | server CPU us/req c={top} | batch c={top} | errors | other CPU |",
-             "|---|---|" + "---:|" * (2 * len(cs) + 5)]
+             + f" | p50 ms c=1 | server CPU us/req c={top} | capacity req/s c={top} | batch c={top} | errors | other CPU |",
+             "|---|---|" + "---:|" * (2 * len(cs) + 6)]
     for case in dict.fromkeys(p["case"] for p in main_points):
         rows = {p["concurrency"]: p for p in main_points if p["case"] == case}
         get = lambda c, f: f(rows[c]) if c in rows else ""  # noqa: E731
@@ -741,26 +765,28 @@ def summary_markdown(results: dict) -> str:
                      + " | ".join(get(c, lambda r: f"{r['throughput_rps']:.0f}") for c in cs) + " | "
                      + " | ".join(get(c, lambda r: num(r["latency_ms"]["p99"], ".1f")) for c in cs)
                      + f" | {get(1, lambda r: num(r['latency_ms']['p50'], '.1f'))} | {get(top, lambda r: num(r.get('server_cpu_us_per_request')))}"
+                     + f" | {get(top, lambda r: num(r.get('capacity_rps')))}"
                      + f" | {get(top, lambda r: num(r.get('avg_batch_size'), '.1f'))} | {sum(r['errors'] for r in rows.values())} | {other:.2f} |")
     h2h = results.get("head_to_head", {})
     if h2h:
         lines += ["", f"Head-to-head at c={top}: the cases in turn, {next(iter(h2h.values()))['rounds']} rounds, medians:", "",
-                  "| case | config | req/s (min-max) | p50 ms | p99 ms | server CPU us/req | client CPU us/req | batch | other CPU | errors |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| case | config | req/s (min-max) | p50 ms | p99 ms | server CPU us/req | client CPU us/req | capacity req/s | batch | other CPU | errors |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, h in h2h.items():
             lines.append(f"| {name} | {describe(h['config'])} | {h['throughput_rps']:.0f} ({h['throughput_range'][0]:.0f}-{h['throughput_range'][1]:.0f}) | "
                          f"{h['p50_ms']:.1f} | {num(h['p99_ms'], '.1f')} | {num(h['server_cpu_us_per_request'])} | "
-                         f"{num(h['client_cpu_us_per_request'])} | {num(h['avg_batch_size'], '.1f')} | {h['other_processes_cpu_cores']:.2f} | {h['errors']} |")
+                         f"{num(h['client_cpu_us_per_request'])} | {num(h['capacity_rps'])} | {num(h['avg_batch_size'], '.1f')} | {h['other_processes_cpu_cores']:.2f} | {h['errors']} |")
     lines += ["", f"Targets at c={top}:", ""]
     for label, t in results["targets"].items():
-        proj = t["projected_on_idle_host"]
+        proj = t["capacity_with_host_to_itself"]
         lines.append(f"- {label} ({t['source']}; {t['case']}): TorchServe {t['throughput_rps']:.0f} req/s, p99 {num(t['p99_ms'], '.1f')} ms; "
                      f"naive {t['naive_throughput_rps']:.0f} req/s, p99 {num(t['naive_p99_ms'], '.1f')} ms; /ping {t['ping_rps']:.0f} req/s. "
                      + "; ".join(f"{name.replace('_', ' ')} {t[name]['ratio']}x ({'met' if t[name]['met'] else 'MISSED'}: target {t[name]['target']}, {t[name]['margin']})"
                                  for name in ("throughput_vs_naive", "p99_vs_naive", "throughput_vs_ping"))
                      + f". CPU per request (server+client, us): TorchServe {sum(t['cpu_us_per_request']['torchserve'].values()):.0f}, "
                      f"naive {sum(t['cpu_us_per_request']['naive'].values()):.0f}, /ping {sum(t['cpu_us_per_request']['ping'].values()):.0f}; "
-                     f"projected on an idle {psutil.cpu_count()}-core host: vs naive {proj['torchserve_vs_naive']}x, vs /ping {proj['torchserve_vs_ping']}x. "
+                     f"capacity with the {psutil.cpu_count()}-core host to itself: TorchServe {proj['torchserve_rps']}, naive {proj['naive_rps']}, "
+                     f"/ping {proj['ping_rps']} req/s (vs naive {proj['torchserve_vs_naive']}x, vs /ping {proj['torchserve_vs_ping']}x). "
                      f"Gap to ceilings: {t['vs_encode_plus_forward_ceiling_b64']['ratio']}x of encode+forward per core, "
                      f"{t['vs_worker_in_process_ceiling']['ratio']}x of the worker's in-process path per core, "
                      f"{t['vs_forward_only_ceiling_b64']['ratio']}x of the forward pass alone")
@@ -792,7 +818,7 @@ def summary_markdown(results: dict) -> str:
                   f"on (asyncio's default, kept): p50 {nn['latency_ms']['p50']} ms, {nn['throughput_rps']:.0f} req/s"]
     rec = results["recommended_defaults"]
     lines += ["", "Recommended model-config.yaml: " + ", ".join(f"{k}: {v}" for k, v in rec["model_config_yaml"].items())
-              + f" (grid choice {results['choice']['recommended_case']}; lowest CPU/request {results['choice']['cheapest_case']}, "
+              + f" (grid choice {results['choice']['recommended_case']}; highest capacity {results['choice']['highest_capacity_case']}, "
               f"highest req/s {results['choice']['fastest_case']})"]
     for name, v in rec["frontend_variants"].items():
         lines += [f"Frontend variant {name} ({describe({k: x for k, x in v['config'].items() if 'netty' in k})}): "
