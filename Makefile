@@ -80,6 +80,9 @@ status: ## describe the model and its workers
 test: install-dev archive ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests
 
+bench: install-dev archive ## naive FastAPI vs TorchServe grid vs ceilings -> bench/results/ (JSON, summary.md, PNG), ~6 min
+	$(PY) bench/run.py
+
 soak: install-dev archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32
 

@@ -188,17 +188,23 @@ def inference_message(bodies: list[bytes], first_id: int) -> bytes:
 
 
 class Timer:
-    """Wraps a callable and adds its CPU time to a bucket."""
+    """Wraps a callable and adds its CPU time to a bucket; nested calls of the same bucket count once."""
+
+    active: set = set()
 
     def __init__(self, totals: dict, name: str, fn):
         self.totals, self.name, self.fn = totals, name, fn
 
     def __call__(self, *args, **kwargs):
+        if self.name in Timer.active:
+            return self.fn(*args, **kwargs)
+        Timer.active.add(self.name)
         t0 = time.process_time()
         try:
             return self.fn(*args, **kwargs)
         finally:
             self.totals[self.name] = self.totals.get(self.name, 0.0) + time.process_time() - t0
+            Timer.active.discard(self.name)
 
     def __getattr__(self, name):
         return getattr(self.fn, name)
@@ -229,8 +235,12 @@ def worker_profile(model_dir: Path, bodies: list[bytes], batch_sizes: list[int],
     for step in ("preprocess", "inference", "postprocess"):
         setattr(handler, step, Timer(totals, step, getattr(handler, step)))
     handler.model = Timer(totals, "forward", handler.model)
-    if hasattr(handler_module, "encode_batch"):
-        handler_module.encode_batch = Timer(totals, "encode", handler_module.encode_batch)
+    # encode_batch wherever the archive's modules hold it (the handler, or model_def.predict_proba)
+    for module in list(sys.modules.values()):
+        origin = getattr(module, "__file__", None) or ""
+        if origin and Path(origin).resolve().parent == model_dir and callable(getattr(module, "encode_batch", None)):
+            module.encode_batch = Timer(totals, "encode", module.encode_batch)
+    del handler_module
     ts.service.create_predict_response = Timer(totals, "response", ts.service.create_predict_response)
 
     results = {}

@@ -417,8 +417,17 @@ def run_naive(bench: Bench, results: dict, sample_bodies: list[str]) -> None:
 
 
 def ts_groups(ts: LocalTorchServe) -> dict:
-    return {"frontend": lambda: [ts.frontend] if ts.frontend else [],
-            "workers": lambda: ts.frontend.children(recursive=True) if ts.frontend else []}
+    """The JVM, and its model workers (not the short-lived system-metrics collector it also forks)."""
+    def workers() -> list[psutil.Process]:
+        found = []
+        for proc in ts.frontend.children(recursive=True) if ts.frontend else []:
+            try:
+                if "model_service_worker" in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
+    return {"frontend": lambda: [ts.frontend] if ts.frontend else [], "workers": workers}
 
 
 def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list[str]) -> None:
@@ -646,36 +655,41 @@ def targets(results: dict) -> dict:
 
 
 def breakdown(points: list[dict], profile: dict) -> dict:
-    """Where the time of one request goes (w1b1, one client: every step is serial), from that point's
-    own CPU accounting, the frontend's clock and the in-process worker profile; and where the CPU goes
-    per request at the top concurrency for every case."""
+    """Where the time of one request goes (w1b1, one client, one request in flight): the client's
+    latency, TorchServe's own clock (ts_inference_latency_microseconds: from the request's arrival in
+    the frontend to its response), and the worker's Python path measured in-process in CPU time, by
+    step. Beside it, the CPU each process spent per request, at one client and at the top concurrency
+    (the JVM also works off the request path: it parses and writes every log and metric line the
+    worker prints, collects garbage, polls), so those are costs, not shares of the latency."""
     point = at(points, "w1b1", 1)
     n = point["throughput_rps"]
     client_ms = point["latency_ms"]["mean"]
-    cpu_ms = {name: round(cores / n * 1e3, 3) for name, cores in point["cpu_cores"].items() if name not in ("machine_busy", "other_processes")}
-    cpu_ms["client"] = round(point["client_cpu_cores"] / n * 1e3, 3)
-    busy_ms = sum(cpu_ms.values())
+    frontend_ms = point["torchserve"].get("frontend_latency_ms_mean")
     steps_us = profile["batch_sizes"]["1"]["per_request_us"]
-    worker_in_process_us = profile["batch_sizes"]["1"]["worker_total_per_request_us"]
+    worker_ms = profile["batch_sizes"]["1"]["worker_total_per_request_us"] / 1e3
     step_names = {"decode": "JSON decode + framing", "preprocess": "handler preprocess (validation)", "encode": "tokenise + encode",
-                  "forward": "forward", "inference_other": "rest of inference (tensors, sigmoid, tolist)", "postprocess": "postprocess + prediction metrics",
-                  "response": "response JSON + framing", "predict_other": "TorchServe service + handler metrics"}
+                  "forward": "forward", "inference_other": "rest of inference (tensors, sigmoid, tolist)",
+                  "postprocess": "postprocess + prediction metrics", "response": "response JSON + framing",
+                  "predict_other": "TorchServe service + handler metrics"}
     result = {
-        "point": "w1b1 at concurrency 1: one request in flight, so client, frontend and worker work one after the other",
+        "point": "w1b1 at concurrency 1 (one request in flight)",
         "client_latency_ms_mean": client_ms, "client_latency_ms_p50": point["latency_ms"]["p50"],
-        "frontend_clock_ms_mean": point["torchserve"].get("frontend_latency_ms_mean"),
-        "frontend_queue_ms_mean": point["torchserve"].get("frontend_queue_ms_mean"),
-        "cpu_ms_per_request": cpu_ms,
-        "waiting_ms_per_request": round(client_ms - busy_ms, 3),
-        "shares_of_client_latency": {**{f"{name} CPU": round(ms / client_ms, 3) for name, ms in cpu_ms.items()},
-                                     "waiting (no CPU: wake-ups, socket hand-offs, a core taken by other processes)": round((client_ms - busy_ms) / client_ms, 3)},
-        "worker_cpu_split_in_process": {
-            "note": "shares of the worker's own Python path per request at batch 1 (inprocess.py, CPU time); "
-                    "the live worker also spends CPU on socket I/O and its log lines",
-            "total_us": worker_in_process_us,
-            **{step_names.get(k, k): round(v / worker_in_process_us, 3) for k, v in steps_us.items()
-               if k not in ("predict", "inference")}},
+        "frontend_clock_ms_mean": frontend_ms, "frontend_queue_ms_mean": point["torchserve"].get("frontend_queue_ms_mean"),
+        "worker_python_cpu_ms": round(worker_ms, 3),
+        "worker_steps_cpu_ms": {step_names.get(k, k): round(v / 1e3, 4) for k, v in steps_us.items() if k not in ("predict", "inference")},
+        "cpu_ms_per_request_at_1_client": {**{name: round(cores / n * 1e3, 3) for name, cores in point["cpu_cores"].items()
+                                             if name not in ("machine_busy", "other_processes")},
+                                          "client": round(point["client_cpu_cores"] / n * 1e3, 3)},
     }
+    if frontend_ms:
+        inside = max(0.0, frontend_ms - worker_ms)
+        result["shares_of_client_latency"] = {
+            "outside TorchServe's clock: client, HTTP on loopback, Netty read/write": round((client_ms - frontend_ms) / client_ms, 3),
+            "inside it, besides the worker's Python: queue, batching, Unix-socket IPC, wake-ups": round(inside / client_ms, 3),
+            "worker Python (JSON, handler, response)": round(min(worker_ms, frontend_ms) / client_ms, 3),
+            **{f"  of which {step_names.get(k, k)}": round(v / 1e3 / client_ms, 3) for k, v in steps_us.items()
+               if k in ("decode", "encode", "forward", "postprocess", "response")},
+        }
     under_load = {}
     for case in dict.fromkeys(p["case"] for p in points if p["concurrency"] == CONCURRENCY[-1] and p["requests"]):
         rows = [p for p in points if p["case"] == case and p["concurrency"] == CONCURRENCY[-1]]
@@ -804,11 +818,11 @@ def summary_markdown(results: dict) -> str:
     if steps:
         lines += ["", "Encode, CPU us per text of the mix: " + ", ".join(f"{k} {v}" for k, v in steps.items())]
     b = results["breakdown"]
-    lines += ["", f"One request (w1b1, c=1, serial): client latency {b['client_latency_ms_mean']} ms mean (TorchServe's own clock "
-              f"{b['frontend_clock_ms_mean']} ms); CPU per request, ms: " + ", ".join(f"{k} {v}" for k, v in b["cpu_ms_per_request"].items())
-              + f"; waiting {b['waiting_ms_per_request']} ms. Shares: " + "; ".join(f"{k} {v:.0%}" for k, v in b["shares_of_client_latency"].items()),
-              "", f"Worker's own path, {b['worker_cpu_split_in_process']['total_us']} CPU us per request at batch 1: " + "; ".join(
-                  f"{k} {v:.0%}" for k, v in b["worker_cpu_split_in_process"].items() if k not in ("note", "total_us"))]
+    lines += ["", f"One request (w1b1, c=1): client latency {b['client_latency_ms_mean']} ms mean, TorchServe's own clock "
+              f"{b['frontend_clock_ms_mean']} ms, the worker's Python path {b['worker_python_cpu_ms']} ms CPU (in-process). Shares of the "
+              "client's latency: " + "; ".join(f"{k.strip()} {v:.0%}" for k, v in b.get("shares_of_client_latency", {}).items()),
+              "", "CPU ms per request at c=1 (costs, not latency shares; the JVM also handles the worker's log lines): "
+              + ", ".join(f"{k} {v}" for k, v in b["cpu_ms_per_request_at_1_client"].items())]
     cpu = b["cpu_us_per_request_at_top_concurrency"]
     lines += ["", f"CPU us per request at c={top} (median over points): " + "; ".join(
         f"{case} " + "/".join(f"{k} {v:.0f}" for k, v in parts.items()) for case, parts in cpu.items())]

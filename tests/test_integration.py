@@ -107,9 +107,11 @@ def test_scale_workers_while_serving(server):
             except requests.RequestException as error:
                 failures.append(repr(error))
 
+    shipped = worker_count(server)
     client = threading.Thread(target=keep_predicting)
     client.start()
     try:
+        assert scale(server, 1).status_code == 200
         assert worker_count(server) == 1
         assert scale(server, 2).status_code == 200
         assert worker_count(server) == 2 and server.ready_workers() == 2
@@ -122,7 +124,7 @@ def test_scale_workers_while_serving(server):
     finally:
         stop.set()
         client.join()
-        scale(server, 1)
+        scale(server, shipped)
     assert answered and not failures
 
 
