@@ -10,7 +10,6 @@ import torch
 
 import export
 import train
-from model_def import to_tensors
 from signature import SIGNATURE_FILE, Signature, load_vocab_index
 from text import Features, build_vocab, encode_batch
 
