@@ -283,11 +283,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     summary = run(args.input, args.output, args.column, args.artifact, args.batch_size, args.endpoint, args.workers)
-    print(
+    print(summary_line(summary))
+    return summary
+
+
+def summary_line(summary: dict) -> str:
+    return (
         f"rows {summary['rows']}  scored {summary['scored']}  skipped bad rows {summary['skipped_bad_rows']}  "
         f"positives {summary['positives']}  {summary['rows_per_s']:.0f} rows/s ({summary['seconds']:.2f} s)  -> {summary['output']}"
     )
-    return summary
 
 
 if __name__ == "__main__":

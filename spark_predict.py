@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, is_missing, load_core, score_frame
+from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, is_missing, load_core, score_frame, summary_line
 from signature import Signature
 
 ROOT = Path(__file__).resolve().parent
@@ -146,10 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run(spark, args.input, args.output, args.column, args.artifact, args.partitions)
     finally:
         spark.stop()
-    print(
-        f"rows {summary['rows']}  scored {summary['scored']}  skipped bad rows {summary['skipped_bad_rows']}  "
-        f"positives {summary['positives']}  {summary['rows_per_s']:.0f} rows/s ({summary['seconds']:.2f} s)  -> {summary['output']}"
-    )
+    print(summary_line(summary))
     return summary
 
 
