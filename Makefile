@@ -95,7 +95,7 @@ batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exp
 kserve-layout: archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
 	$(PY) deploy/kserve/build_layout.py --mar $(MAR) --out build/kserve
 
-evaluate: ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
+evaluate: install-dev ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
 	$(PY) evaluate.py --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
 
 clean: ## remove build outputs and archives
