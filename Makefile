@@ -92,7 +92,7 @@ chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3
 batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exported core: make batch IN=reviews.csv OUT=scored.csv
 	$(PY) batch_predict.py $(IN) $(OUT) --artifact $(EXPORT)
 
-kserve-layout: archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
+kserve-layout: install-dev archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
 	$(PY) deploy/kserve/build_layout.py --mar $(MAR) --out build/kserve
 
 evaluate: install-dev ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
