@@ -98,9 +98,8 @@ def scale(server, workers: int) -> requests.Response:
 
 def test_scale_workers_while_serving(server):
     """Requests keep being answered while workers go 1 -> 2 -> 1. Known TorchServe 0.12 behaviour
-    (seen once in CI, README "Reliability"): a worker removed by scale-down can drop a request it was
-    gathering into a batch, which then gets no answer; at most one such timeout is tolerated,
-    every other request must succeed."""
+    (seen once in CI, README "Reliability"): changing the worker count can lose one request, which
+    then gets no answer; at most one such timeout is tolerated, every other request must succeed."""
     failures, timeouts, answered, stop = [], [], [], threading.Event()
 
     def keep_predicting():
