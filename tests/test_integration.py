@@ -22,10 +22,10 @@ NEGATIVE = [
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def predict(server, body=None, *, data=None, headers=JSON_HEADERS, path="/predictions/sentiment"):
+def predict(server, body=None, *, data=None, headers=JSON_HEADERS, path="/predictions/sentiment", timeout=30):
     if body is not None:
-        return requests.post(server.inference + path, json=body, timeout=30)
-    return requests.post(server.inference + path, data=data, headers=headers, timeout=30)
+        return requests.post(server.inference + path, json=body, timeout=timeout)
+    return requests.post(server.inference + path, data=data, headers=headers, timeout=timeout)
 
 
 def test_positive_and_negative_reviews(server, signature):
@@ -98,14 +98,14 @@ def scale(server, workers: int) -> requests.Response:
 
 def test_scale_workers_while_serving(server):
     """Requests keep being answered while workers go 1 -> 2 -> 1. Known TorchServe 0.12 behaviour
-    (seen once in CI, README "Reliability"): changing the worker count can lose one request, which
-    then gets no answer; at most one such timeout is tolerated, every other request must succeed."""
+    (README "Reliability"): scaling down can lose the request in flight, which then gets no answer;
+    at most one such timeout is tolerated, every other request must succeed."""
     failures, timeouts, answered, stop = [], [], [], threading.Event()
 
     def keep_predicting():
         while not stop.is_set():
             try:
-                response = predict(server, {"text": POSITIVE[0]})
+                response = predict(server, {"text": POSITIVE[0]}, timeout=5)
                 (answered if response.status_code == 200 else failures).append(response.status_code)
             except requests.Timeout as error:
                 timeouts.append(repr(error))
@@ -126,11 +126,12 @@ def test_scale_workers_while_serving(server):
         while worker_count(server) != 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert worker_count(server) == 1
+        time.sleep(2)  # and requests are still answered after the last change
     finally:
         stop.set()
         client.join()
         scale(server, shipped)
-    assert answered and not failures and len(timeouts) <= 1, (failures, timeouts)
+    assert len(answered) >= 10 and not failures and len(timeouts) <= 1, (len(answered), failures, timeouts)
 
 
 def test_describe_model_shows_the_archive_settings(server, signature):
