@@ -9,7 +9,6 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
-import psutil
 import pytest
 import requests
 import yaml
@@ -125,7 +124,7 @@ def layout_server(layout, layout_config):
     settings.update(grpc_inference_port=free_port(), grpc_management_port=free_port())  # the layout names 7070/7071
     ts = LocalTorchServe(layout / RUNTIME_STORE, models="", config=settings, env={"TS_SERVICE_ENVELOPE": ""})
     try:
-        start(ts)
+        ts.start()
         deadline = time.monotonic() + 120
         while not ("sentiment" in registered(ts) and ts.ready_workers("sentiment") > 0):
             assert time.monotonic() < deadline, "the model_snapshot did not load sentiment.mar:\n" + ts.log()[-3000:]
@@ -133,21 +132,6 @@ def layout_server(layout, layout_config):
         yield ts
     finally:
         ts.stop()
-
-
-def start(ts: LocalTorchServe) -> None:
-    """ts.start(); if it fails, make sure ts.stop() knows the JVM it may have launched
-    (`torchserve --start` can exit 1 after launching it, before LocalTorchServe reads its pid)."""
-    try:
-        ts.start()
-    except BaseException:
-        pid_file = ts.home / ".model_server.pid"
-        if ts.frontend is None and pid_file.is_file() and pid_file.read_text().strip():
-            try:
-                ts.frontend = psutil.Process(int(pid_file.read_text().strip()))
-            except psutil.Error:
-                pass
-        raise
 
 
 def registered(ts) -> list[str]:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import Counter
 
-import psutil
 import pytest
 import requests
 
@@ -33,27 +32,11 @@ def v2_archive(export_dir):
 def ts(v2_archive):
     """A TorchServe of its own with only v1 loaded (this module registers and removes versions)."""
     server = LocalTorchServe(MODEL_STORE, models="sentiment.mar", config={"enable_model_api": "true"})  # make serve MODEL_API=on
-    start(server)
+    server.start()
     try:
         yield server
     finally:
         server.stop()
-
-
-def start(server: LocalTorchServe) -> None:
-    """server.start(), and stop whatever it launched if it fails (`torchserve --start` can exit 1
-    after launching the JVM; LocalTorchServe.start then raises before it knows the JVM's pid)."""
-    try:
-        server.start()
-    except BaseException:
-        pid_file = server.home / ".model_server.pid"
-        if server.frontend is None and pid_file.is_file() and pid_file.read_text().strip():
-            try:
-                server.frontend = psutil.Process(int(pid_file.read_text().strip()))
-            except psutil.Error:
-                pass
-        server.stop()
-        raise
 
 
 class Traffic:
