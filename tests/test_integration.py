@@ -96,21 +96,34 @@ def scale(server, workers: int) -> requests.Response:
     return requests.put(f"{server.management}/models/sentiment?min_worker={workers}&max_worker={workers}&synchronous=true", timeout=120)
 
 
+# What TorchServe 0.12 answers a request in flight on a worker it scales down (README "Reliability").
+SCALE_DOWN_ERRORS = {"Worker died.", "Worker scaled down."}
+
+
 def test_scale_workers_while_serving(server):
-    """Requests keep being answered while workers go 1 -> 2 -> 1. Known TorchServe 0.12 behaviour
-    (README "Reliability"): scaling down can lose the request in flight, which then gets no answer;
-    at most one such timeout is tolerated, every other request must succeed."""
-    failures, timeouts, answered, stop = [], [], [], threading.Event()
+    """Every prediction is answered while workers go 2 -> 1 -> 2 -> 1. Scaling down can fail (500
+    "Worker died.") or lose (no answer) the request in flight on the removed worker; the client retries
+    those, as README advises. Nothing else may fail, and at most one retry per scale-down."""
+    answered, retried, failures, stop = [], [], [], threading.Event()
+
+    def predict_with_retry():
+        for _ in range(3):
+            try:
+                response = predict(server, {"text": POSITIVE[0]}, timeout=5)
+            except requests.Timeout:
+                retried.append("no answer in 5 s")
+                continue
+            except requests.RequestException as error:
+                return failures.append(repr(error))
+            if response.status_code == 500 and response.json().get("message") in SCALE_DOWN_ERRORS:
+                retried.append(response.json()["message"])
+                continue
+            return (answered if response.status_code == 200 else failures).append(response.status_code)
+        failures.append("no answer in 3 attempts")
 
     def keep_predicting():
         while not stop.is_set():
-            try:
-                response = predict(server, {"text": POSITIVE[0]}, timeout=5)
-                (answered if response.status_code == 200 else failures).append(response.status_code)
-            except requests.Timeout as error:
-                timeouts.append(repr(error))
-            except requests.RequestException as error:
-                failures.append(repr(error))
+            predict_with_retry()
 
     shipped = worker_count(server)
     client = threading.Thread(target=keep_predicting)
@@ -126,12 +139,17 @@ def test_scale_workers_while_serving(server):
         while worker_count(server) != 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert worker_count(server) == 1
-        time.sleep(2)  # and requests are still answered after the last change
+        answered_at_last_change = len(answered)
+        deadline = time.monotonic() + 15  # a lost request holds the client for its 5 s timeout
+        while len(answered) < answered_at_last_change + 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         client.join()
         scale(server, shipped)
-    assert len(answered) >= 10 and not failures and len(timeouts) <= 1, (len(answered), failures, timeouts)
+    scale_downs = 2 if shipped > 1 else 1
+    assert not failures and len(retried) <= scale_downs, (failures, retried)
+    assert len(answered) >= answered_at_last_change + 10, "requests were not answered after scaling"
 
 
 def test_describe_model_shows_the_archive_settings(server, signature):
