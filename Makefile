@@ -86,8 +86,8 @@ bench: install-dev archive ## naive FastAPI vs TorchServe grid vs ceilings -> be
 soak: install-dev archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32
 
-chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times
-	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker
+chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times -> bench/results/chaos.json
+	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker --out bench/results/chaos.json
 
 batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exported core: make batch IN=reviews.csv OUT=scored.csv
 	$(PY) batch_predict.py $(IN) $(OUT) --artifact $(EXPORT)

@@ -10,7 +10,7 @@ answered (any HTTP response) and failed, by kind ("500:inference_error", "Server
 ...). It samples the resident memory of the frontend (JVM) and of the workers after the warm-up and
 at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds of the run and
 measures how long TorchServe takes to replace it, how many requests failed, and how long
-throughput took to recover. Figures are printed and written to bench/results/soak.json.
+throughput took to recover. Figures are printed and written to bench/results/soak.json (--out).
 
 By default the run gets a private TorchServe (LocalTorchServe: free loopback ports, its own TMPDIR)
 on a copy of model_store/sentiment.mar, stopped at the end; --inference/--management point it at
