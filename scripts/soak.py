@@ -7,10 +7,11 @@ answer, for minutes on end, and while a worker is killed?
 A closed-loop asyncio client (aiohttp, keep-alive) sends real reviews (rt-polarity, train.load_dataset)
 in every request form ({"text"}, {"texts"}, text/plain, KServe v2) and counts requests sent,
 answered (any HTTP response) and failed, by kind ("500:inference_error", "ServerDisconnectedError",
-...). It samples the resident memory of the frontend (JVM) and of the workers after the warm-up and
-at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds of the run and
+...). It samples the resident memory of the frontend (JVM) and of the workers after the warm-up,
+every 10 s and at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds of the run and
 measures how long TorchServe takes to replace it, how many requests failed, and how long
-throughput took to recover. Figures are printed and written to bench/results/soak.json (--out).
+throughput took to recover. Figures are printed and written to bench/results/soak.json (--out),
+with a plot of throughput and memory over the run beside it (soak.png).
 
 By default the run gets a private TorchServe (LocalTorchServe: free loopback ports, its own TMPDIR)
 on a copy of model_store/sentiment.mar, stopped at the end; --inference/--management point it at
@@ -378,12 +379,25 @@ def soak(inference: str, management: str, batch: list[Request], concurrency: int
          timeout: float = CLIENT_TIMEOUT, log=print) -> dict:
     """Load for `seconds` (longer if a worker replacement needs it: every kill is followed by at
     least `min_tail` seconds of load), killing a worker at each second of `kill_at`; memory sampled
-    after `warmup` and just before the load stops. Returns the figures."""
-    kills, memory = [], {}
+    after `warmup`, every 10 s and just before the load stops. Returns the figures."""
+    kills, memory, samples, sampling_done = [], {}, [], threading.Event()
     load = BackgroundLoad(inference, batch, concurrency, timeout).start()
+
+    def sample_memory() -> dict:
+        sample = rss(management, model)
+        samples.append({"t_s": round(time.monotonic() - load.stats.started, 1),
+                        "frontend_mb": sample["frontend_mb"], "workers_mb": sample["workers_mb"]})
+        return sample
+
+    def keep_sampling() -> None:  # in its own thread, so kills and their waits do not leave gaps
+        while not sampling_done.wait(10.0):
+            sample_memory()
+
+    sampler = threading.Thread(target=keep_sampling, name="memory", daemon=True)
     try:
         time.sleep(warmup)
-        memory["start"] = rss(management, model)
+        memory["start"] = sample_memory()
+        sampler.start()
         for at in sorted(kill_at):
             time.sleep(max(0.0, load.stats.started + at - time.monotonic()))
             kill = kill_worker(management, model)
@@ -393,22 +407,55 @@ def soak(inference: str, management: str, batch: list[Request], concurrency: int
         while time.monotonic() < end:
             time.sleep(min(10.0, end - time.monotonic()))
             log(f"{time.monotonic() - load.stats.started:6.0f} s: sent {load.stats.sent}, ok {load.stats.ok}, errors {dict(load.stats.errors)}")
-        memory["end"] = rss(management, model)
+        sampling_done.set()
+        sampler.join()
+        memory["end"] = sample_memory()
     finally:
+        sampling_done.set()
         drain_s = load.stop()
+    memory["samples"] = samples
     elapsed = load.stopped_at - load.stats.started
     report = load.stats.summary(elapsed)
     for kill in kills:
         kill.update(recovery(load.stats, kill))
         kill["at_s"] = round(kill.pop("killed_at") - load.stats.started, 2)
+    started = load.stats.started
     report.update(concurrency=concurrency, drain_s=round(drain_s, 2), rss=memory, kills=kills,
-                  workers=len(memory["end"]["worker_pids"]) if "end" in memory else None)
+                  workers=len(memory["end"]["worker_pids"]) if "end" in memory else None,
+                  ok_per_s_by_second=[round(load.stats.rate(started + i, started + i + 1)) for i in range(int(elapsed))])
     return report
 
 
 def rss_growth_ok(start: dict, end: dict, key: str, fraction: float = 0.5, slack_mb: float = 50) -> bool:
     """Lenient leak check: end within start * (1 + fraction) + slack_mb."""
     return end[key] <= start[key] * (1 + fraction) + slack_mb
+
+
+def plot(report: dict, path: Path) -> None:
+    """Successful requests per second, and the RSS of the frontend and the workers, over the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (load_ax, memory_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    load_ax.plot(range(len(report["ok_per_s_by_second"])), report["ok_per_s_by_second"], lw=0.8)
+    load_ax.set_ylabel("successful requests/s")
+    load_ax.set_title(f"{report['concurrency']} clients, {report['workers']} workers: {report['sent']:,} sent, "
+                      f"{report['answered']:,} answered, {report['errors']} errors")
+    samples = report["rss"]["samples"]
+    for key, label in (("frontend_mb", "frontend (JVM)"), ("workers_mb", "workers (sum)")):
+        memory_ax.plot([s["t_s"] for s in samples], [s[key] for s in samples], marker=".", label=label)
+    memory_ax.set_ylabel("RSS (MB)")
+    memory_ax.set_xlabel("seconds")
+    memory_ax.set_ylim(bottom=0)
+    memory_ax.legend()
+    for kill in report["kills"]:
+        for ax in (load_ax, memory_ax):
+            ax.axvline(kill["at_s"], color="red", ls="--", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- command line
@@ -466,8 +513,9 @@ def main() -> None:
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    plot(report, args.out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in report.items() if k != "ok_per_s_by_second"}, indent=2))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     # Without chaos every request must succeed; with it, failures are expected around each kill.
     sys.exit(1 if report["in_flight_at_end"] or (report["errors"] and not kill_at) else 0)
 
