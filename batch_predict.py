@@ -37,6 +37,7 @@ from tqdm import tqdm
 from model_def import predict_proba
 from payload import BadRequest, check_text
 from signature import Signature, load_vocab_index
+from text import Encoder
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "build" / "v1" / "export"
 OUTPUT_COLUMNS = ("probability", "label", "error")
@@ -52,11 +53,11 @@ class Core:
     def __init__(self, artifact: Path):
         artifact = Path(artifact)
         self.signature = Signature.load(artifact)
-        self.index = load_vocab_index(artifact, self.signature)
+        self.encoder = Encoder(load_vocab_index(artifact, self.signature), self.signature.features)
         self.model = torch.jit.load(str(artifact / self.signature.model_file)).eval()
 
     def __call__(self, texts: list[str]) -> list[float]:
-        return predict_proba(self.model, texts, self.index, self.signature.features).tolist()
+        return predict_proba(self.model, texts, self.encoder).tolist()
 
 
 @lru_cache(maxsize=4)

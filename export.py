@@ -18,7 +18,7 @@ import torch
 
 from model_def import ModelConfig, SentimentClassifier, predict_proba, to_tensors
 from signature import MODEL_NAME, VOCAB_FILE, Signature
-from text import Features, encode_batch
+from text import Encoder, Features
 from train import load_dataset, split
 
 PARITY_TOLERANCE = 1e-5
@@ -42,13 +42,13 @@ def export_onnx(model: SentimentClassifier, example: tuple[torch.Tensor, torch.T
         )
 
 
-def onnx_predict_proba(path: Path, texts: list[str], index: dict[str, int], features: Features) -> torch.Tensor:
+def onnx_predict_proba(path: Path, texts: list[str], encoder: Encoder) -> torch.Tensor:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the Loop that EmbeddingBag exports to draws harmless graph warnings
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ids, offsets = to_tensors(*encode_batch(texts, index, features))
+    ids, offsets = to_tensors(*encoder.batch(texts))
     (logits,) = session.run(None, {"ids": ids.numpy(), "offsets": offsets.numpy()})
     return torch.sigmoid(torch.from_numpy(logits))
 
@@ -65,7 +65,7 @@ def main() -> None:
     model, features = load_checkpoint(args.checkpoint)
     metrics = json.loads((args.checkpoint / "metrics.json").read_text())
     vocab = json.loads((args.checkpoint / VOCAB_FILE).read_text())
-    index = {gram: i for i, gram in enumerate(vocab)}
+    encoder = Encoder({gram: i for i, gram in enumerate(vocab)}, features)
     signature = Signature(
         model_name=args.name, version=str(args.version), features=features,
         metrics={k: metrics[k] for k in ("test", "validation", "best_epoch", "seed", "split_seed")},
@@ -75,14 +75,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(model)
     scripted.save(str(args.out / signature.model_file))
-    export_onnx(model, to_tensors(*encode_batch(["a fine film", "dull"], index, features)), args.out / signature.onnx_file)
+    export_onnx(model, to_tensors(*encoder.batch(["a fine film", "dull"])), args.out / signature.onnx_file)
     shutil.copyfile(args.checkpoint / VOCAB_FILE, args.out / signature.vocab_file)
 
     texts, labels, _ = load_dataset()
     test_texts = [texts[i] for i in split(len(texts))["test"]]
-    eager = predict_proba(model, test_texts, index, features)
-    restored = predict_proba(torch.jit.load(str(args.out / signature.model_file)), test_texts, index, features)
-    onnx = onnx_predict_proba(args.out / signature.onnx_file, test_texts, index, features)
+    eager = predict_proba(model, test_texts, encoder)
+    restored = predict_proba(torch.jit.load(str(args.out / signature.model_file)), test_texts, encoder)
+    onnx = onnx_predict_proba(args.out / signature.onnx_file, test_texts, encoder)
     for name, probs in (("torchscript", restored), ("onnx", onnx)):
         diff = (probs - eager).abs().max().item()
         if diff >= PARITY_TOLERANCE:

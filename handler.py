@@ -14,6 +14,7 @@ from model_def import predict_proba
 from payload import BadRequest, Parsed, RequestError, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_vocab_index
+from text import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ class SentimentHandler(BaseHandler):
         torch.set_num_threads(TORCH_THREADS)
         model_dir = context.system_properties["model_dir"]
         self.signature = Signature.load(model_dir)
-        self.index = load_vocab_index(model_dir, self.signature)
+        self.encoder = Encoder(load_vocab_index(model_dir, self.signature), self.signature.features)
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
-        log.info("loaded %s v%s (%d features)", self.signature.model_name, self.signature.version, len(self.index))
+        log.info("loaded %s v%s (%d features)", self.signature.model_name, self.signature.version, len(self.encoder.index))
 
     def preprocess(self, data: list[dict]) -> list[Parsed]:
         parsed = []
@@ -71,7 +72,7 @@ class SentimentHandler(BaseHandler):
         return parsed
 
     def forward(self, texts: list[str]) -> list[float]:
-        return predict_proba(self.model, texts, self.index, self.signature.features).tolist()
+        return predict_proba(self.model, texts, self.encoder).tolist()
 
     def postprocess(self, parsed: list[Parsed]) -> list[dict]:
         for idx, request in enumerate(parsed):

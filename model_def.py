@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from text import Features, encode_batch
+from text import Encoder
 
 
 @dataclass
@@ -37,12 +37,12 @@ def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.
     return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
-def predict_proba(core, texts: list[str], index: dict[str, int], features: Features) -> torch.Tensor:
+def predict_proba(core, texts: list[str], encoder: Encoder) -> torch.Tensor:
     """Texts -> P(positive) through any core (eager, TorchScript): encode as in training, forward, sigmoid."""
     if not texts:
         return torch.empty(0)
     with torch.inference_mode():
-        return torch.sigmoid(core(*to_tensors(*encode_batch(texts, index, features))))
+        return torch.sigmoid(core(*to_tensors(*encoder.batch(texts))))
 
 
 def naive_bayes_scale(bags: list[list[int]], labels: list[int], vocab_size: int, alpha: float = 1.0) -> torch.Tensor:

@@ -22,6 +22,8 @@ _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u00b4": "'", "`": 
 def normalize(text: str) -> str:
     """Unicode NFKC, HTML entities and tags (reviews carry `<br />`) removed, accents dropped, lower case."""
     text = html.unescape(_TAG.sub(" ", text)).translate(_APOSTROPHES)  # before NFKD splits "´" into space + accent
+    if text.isascii():  # the Unicode steps would change nothing, and most reviews are ASCII
+        return text.lower()
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     return unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
@@ -44,9 +46,7 @@ def char_ngrams(tokens: Sequence[str], low: int, high: int) -> list[str]:
     return [gram for token in tokens for gram in _word_char_ngrams(token, low, high)]
 
 
-@lru_cache(maxsize=1 << 17)
 def _word_char_ngrams(token: str, low: int, high: int) -> tuple[str, ...]:
-    """Cached: words repeat (Zipf), and slicing them is most of the encoding time."""
     padded = f" {token} "
     return tuple("c:" + padded[i : i + size] for size in range(low, high + 1) for i in range(len(padded) - size + 1))
 
@@ -72,16 +72,34 @@ def build_vocab(texts: Iterable[str], features: Features, min_count: int) -> lis
     return sorted(kept, key=lambda g: (-counts[g], g))
 
 
-def encode(text: str, index: dict[str, int], features: Features) -> list[int]:
-    """Feature ids of one text; features outside the vocabulary are dropped (an empty bag scores the bias)."""
-    return [i for i in map(index.get, features(text)) if i is not None]
+class Encoder:
+    """Text -> feature ids for one vocabulary: `ids = Encoder(index, features)(text)`.
 
+    Build it once (per worker, per training run, per batch job) and keep it: it caches each word's
+    character n-gram ids, because words repeat (Zipf) and looking those n-grams up one by one was
+    most of the encoding time. The ids are those of `features(text)` that the vocabulary knows, in
+    the same order; unknown features are dropped (an empty bag scores the bias)."""
 
-def encode_batch(texts: Sequence[str], index: dict[str, int], features: Features) -> tuple[list[int], list[int]]:
-    """Flat ids and start offsets for `nn.EmbeddingBag`: one bag per text, in order."""
-    ids: list[int] = []
-    offsets: list[int] = []
-    for text in texts:
-        offsets.append(len(ids))
-        ids.extend(encode(text, index, features))
-    return ids, offsets
+    def __init__(self, index: dict[str, int], features: Features):
+        self.index, self.features = index, features
+        self._char_ids = lru_cache(maxsize=1 << 17)(self._word_char_ids)
+
+    def _word_char_ids(self, token: str) -> tuple[int, ...]:
+        grams = _word_char_ngrams(token, self.features.char_low, self.features.char_high)
+        return tuple(i for i in map(self.index.get, grams) if i is not None)
+
+    def __call__(self, text: str) -> list[int]:
+        tokens = tokenize(text)
+        ids = [i for i in map(self.index.get, ngrams(tokens, self.features.word_ngram)) if i is not None]
+        for token in tokens:
+            ids.extend(self._char_ids(token))
+        return ids
+
+    def batch(self, texts: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Flat ids and start offsets for `nn.EmbeddingBag`: one bag per text, in order."""
+        ids: list[int] = []
+        offsets: list[int] = []
+        for text in texts:
+            offsets.append(len(ids))
+            ids.extend(self(text))
+        return ids, offsets

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, predict_proba, to_tensors
-from text import Features, build_vocab, encode
+from text import Encoder, Features, build_vocab
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "rt-polarity"
 SPLIT_SEED = 0  # fixed: the held-out test set never changes between versions
@@ -59,8 +59,8 @@ def split(n: int) -> dict[str, list[int]]:
     return {"test": order[:n_test], "validation": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
-def evaluate(core, texts: list[str], labels: list[int], index: dict[str, int], features: Features, threshold: float = 0.5) -> dict:
-    probs = predict_proba(core, texts, index, features)
+def evaluate(core, texts: list[str], labels: list[int], encoder: Encoder, threshold: float = 0.5) -> dict:
+    probs = predict_proba(core, texts, encoder)
     y = torch.tensor(labels)
     return {
         "accuracy": round(((probs >= threshold).long() == y).float().mean().item(), 4),
@@ -75,8 +75,8 @@ def train(texts: list[str], labels: list[int], seed: int, epochs: int = EPOCHS) 
     train_texts, train_labels = subset["train"]
 
     vocab = build_vocab(train_texts, FEATURES, MIN_COUNT)
-    index = {gram: i for i, gram in enumerate(vocab)}
-    bags = [encode(text, index, FEATURES) for text in train_texts]
+    encoder = Encoder({gram: i for i, gram in enumerate(vocab)}, FEATURES)
+    bags = [encoder(text) for text in train_texts]
     config = ModelConfig(vocab_size=len(vocab))
 
     torch.set_num_threads(1)  # the ops are tiny: extra threads only spin and contend (10x slower on 2 busy cores)
@@ -102,7 +102,7 @@ def train(texts: list[str], labels: list[int], seed: int, epochs: int = EPOCHS) 
             loss.backward()
             optimizer.step()
         model.eval()
-        val = evaluate(model, *subset["validation"], index, FEATURES)
+        val = evaluate(model, *subset["validation"], encoder)
         progress.set_postfix(loss=f"{loss.item():.3f}", val_acc=val["accuracy"], val_auc=val["roc_auc"])
         if val["accuracy"] > best["validation_accuracy"]:
             best = {"validation_accuracy": val["accuracy"], "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
@@ -110,8 +110,8 @@ def train(texts: list[str], labels: list[int], seed: int, epochs: int = EPOCHS) 
     model.load_state_dict(best["state"])
     model.eval()
     metrics = {
-        "test": evaluate(model, *subset["test"], index, FEATURES),
-        "validation": evaluate(model, *subset["validation"], index, FEATURES),
+        "test": evaluate(model, *subset["test"], encoder),
+        "validation": evaluate(model, *subset["validation"], encoder),
         "train_size": len(train_labels),
         "best_epoch": best["epoch"],
         "seed": seed,

@@ -41,14 +41,12 @@ class Served:
         self.text, self.payload, self.model_def = self.modules["text"], self.modules["payload"], self.modules["model_def"]
         signature_module = self.modules["signature"]
         self.signature = signature_module.Signature.load(self.model_dir)
-        self.index = signature_module.load_vocab_index(self.model_dir, self.signature)
-        # What encode_batch takes besides the texts: the n-gram order, or (later versions) a Features object.
-        self.features = getattr(self.signature, "features", None) or self.signature.ngram
+        self.encoder = self.text.Encoder(signature_module.load_vocab_index(self.model_dir, self.signature), self.signature.features)
         self.model = torch.jit.load(str(self.model_dir / self.signature.model_file)).eval()
         self.torch = torch
 
     def encode(self, texts: list[str]):
-        return self.model_def.to_tensors(*self.text.encode_batch(texts, self.index, self.features))
+        return self.model_def.to_tensors(*self.encoder.batch(texts))
 
     def forward(self, tensors, model=None) -> list[float]:
         with self.torch.inference_mode():
@@ -58,23 +56,6 @@ class Served:
         return self.payload.parse_request(body, content_type, self.signature)
 
     def response(self, parsed, probabilities: list[float]) -> dict:
-        """The handler's response body (payload.response_body where the archive's payload.py has it)."""
-        if hasattr(self.payload, "response_body"):
-            parsed.probabilities = probabilities
-            return self.payload.response_body(parsed, self.signature)
-        predictions = [{"label": self.signature.label(p), "probability": round(p, 6)} for p in probabilities]
-        version = {"model_version": self.signature.version}
-        return {"predictions": predictions, **version} if getattr(parsed, "is_list", False) else {**predictions[0], **version}
-
-    def error(self, error) -> tuple[int, dict]:
-        """HTTP status and body of a rejected request, as the handler answers it."""
-        if hasattr(error, "body"):
-            return getattr(error, "status", 400), error.body()
-        if hasattr(self.payload, "error_body"):
-            return 400, self.payload.error_body(error)
-        return 400, {"code": 400, "type": "BadRequest", "kind": getattr(error, "kind", "bad_request"), "message": str(error)}
-
-    @property
-    def request_error(self) -> type:
-        """The exception parse_request raises for a bad request."""
-        return getattr(self.payload, "RequestError", None) or self.payload.BadRequest
+        """The handler's response body."""
+        parsed.probabilities = probabilities
+        return self.payload.response_body(parsed, self.signature)

@@ -18,7 +18,7 @@ times each step of the worker loop:
 
     decode     frame parsing + json.loads of every body (ts.protocol.otf_message_handler.retrieve_msg)
     preprocess, inference, postprocess   the handler's steps; inference split into encode (the
-               handler's encode_batch) and forward (the handler's model), the rest is sigmoid etc.
+               handler's Encoder.batch) and forward (the handler's model), the rest is sigmoid etc.
     response   ts.service.create_predict_response (json.dumps of every answer, framing)
     predict    ts.service.Service.predict as a whole (handler + response + metrics)
 
@@ -63,23 +63,17 @@ def per_batch(seconds: tuple[float, float], batch_size: int) -> dict:
 
 
 def encode_steps(served: Served, texts: list[str]) -> dict:
-    """Where encoding spends its time: CPU microseconds per text of the mix (one pass each)."""
-    text, features, index = served.text, served.features, served.index
-
-    def feature_list(t: str) -> list[str]:
-        return features(t) if callable(features) else text.ngrams(text.tokenize(t), features)
-
+    """Where encoding spends its time: CPU microseconds per text of the mix (one pass each). The
+    encoder's per-word cache is warmed by one pass first, as it is in a worker that has run a while."""
+    text, encoder = served.text, served.encoder
+    [encoder(t) for t in texts]
     out = {}
     for name, fn in (("normalize", text.normalize), ("tokenize_incl_normalize", text.tokenize),
-                     ("features_incl_tokenize", feature_list)):
+                     ("feature_strings_incl_tokenize", encoder.features), ("encode_warm_incl_tokenize", encoder)):
         started = time.process_time()
         produced = [fn(t) for t in texts]
         out[name] = round((time.process_time() - started) / len(texts) * 1e6, 1)
-    started = time.process_time()
-    for grams in produced:
-        [index[g] for g in grams if g in index]
-    out["vocab_lookup"] = round((time.process_time() - started) / len(texts) * 1e6, 1)
-    out["features_per_text"] = round(sum(map(len, produced)) / len(texts), 1)
+    out["ids_per_text"] = round(sum(map(len, produced)) / len(texts), 1)
     out["non_ascii_text_fraction"] = round(sum(not t.isascii() for t in texts) / len(texts), 3)
     return out
 
@@ -229,18 +223,12 @@ def worker_profile(model_dir: Path, bodies: list[bytes], batch_sizes: list[int],
     service = TsModelLoader().load(name, str(model_dir), manifest["model"]["handler"], None, max(batch_sizes), None, True, metrics_cache)
     service.set_cl_socket(None)
     handler = service._entry_point.__self__
-    handler_module = sys.modules[type(handler).__module__]
 
     totals: dict[str, float] = {}
     for step in ("preprocess", "inference", "postprocess"):
         setattr(handler, step, Timer(totals, step, getattr(handler, step)))
     handler.model = Timer(totals, "forward", handler.model)
-    # encode_batch wherever the archive's modules hold it (the handler, or model_def.predict_proba)
-    for module in list(sys.modules.values()):
-        origin = getattr(module, "__file__", None) or ""
-        if origin and Path(origin).resolve().parent == model_dir and callable(getattr(module, "encode_batch", None)):
-            module.encode_batch = Timer(totals, "encode", module.encode_batch)
-    del handler_module
+    handler.encoder.batch = Timer(totals, "encode", handler.encoder.batch)
     ts.service.create_predict_response = Timer(totals, "response", ts.service.create_predict_response)
 
     results = {}

@@ -36,9 +36,8 @@ def create_app(served: Served) -> FastAPI:
     async def predict(request: Request) -> Response:
         try:
             parsed = served.parse(await request.body(), request.headers.get("content-type"))
-        except served.request_error as error:
-            status, body = served.error(error)
-            return Response(json.dumps(body), status_code=status, media_type="application/json")
+        except served.payload.RequestError as error:
+            return Response(json.dumps(error.body()), status_code=error.status, media_type="application/json")
         probabilities = served.forward(served.encode(parsed.texts))
         return Response(json.dumps(served.response(parsed, probabilities)), media_type="application/json")
 

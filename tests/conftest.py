@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from local_server import LocalTorchServe, server_processes  # noqa: E402
 from signature import Signature, load_vocab_index  # noqa: E402
+from text import Encoder  # noqa: E402
 
 EXPORT_DIR = ROOT / "build" / "v1" / "export"
 MODEL_STORE = ROOT / "model_store"
@@ -35,6 +36,11 @@ def signature(export_dir) -> Signature:
 @pytest.fixture(scope="session")
 def vocab_index(export_dir, signature) -> dict[str, int]:
     return load_vocab_index(export_dir, signature)
+
+
+@pytest.fixture(scope="session")
+def encoder(vocab_index, signature) -> Encoder:
+    return Encoder(vocab_index, signature.features)
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,11 @@ def score_texts(export_dir, texts, tmp_path, batch_size=batch_predict.BATCH_SIZE
     return pd.read_parquet(target)
 
 
-def test_probabilities_equal_training_predict_proba(export_dir, vocab_index, signature, tmp_path):
+def test_probabilities_equal_training_predict_proba(export_dir, encoder, signature, tmp_path):
     texts = load_dataset()[0][:700]
     out = score_texts(export_dir, texts, tmp_path, batch_size=128)  # several batches
     core = torch.jit.load(str(export_dir / signature.model_file))
-    expected = predict_proba(core, texts, vocab_index, signature.features).tolist()
+    expected = predict_proba(core, texts, encoder).tolist()
     assert out["probability"].tolist() == expected
     assert out["label"].tolist() == [signature.label(p) for p in expected]
     assert out["error"].isna().all()

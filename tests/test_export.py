@@ -11,7 +11,7 @@ import torch
 import export
 import train
 from signature import SIGNATURE_FILE, Signature, load_vocab_index
-from text import Features, build_vocab, encode_batch
+from text import Features, build_vocab
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -34,9 +34,8 @@ def test_split():
 
 
 @pytest.fixture(scope="module")
-def eager_probs(eager, test_split, vocab_index):
-    model, features = eager
-    return train.predict_proba(model, test_split[0], vocab_index, features)
+def eager_probs(eager, test_split, encoder):
+    return train.predict_proba(eager[0], test_split[0], encoder)
 
 
 # --- vocabulary -----------------------------------------------------------------------------------
@@ -57,27 +56,26 @@ def test_vocab_is_rebuilt_from_the_training_texts_by_text_py(signature, vocab_in
 
 # --- parity ---------------------------------------------------------------------------------------
 
-def test_torchscript_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
+def test_torchscript_matches_eager_on_test_split(export_dir, signature, encoder, test_split, eager_probs):
     scripted = torch.jit.load(str(export_dir / signature.model_file))
     assert not scripted.training  # exported in eval mode
-    probs = train.predict_proba(scripted, test_split[0], vocab_index, eager[1])
+    probs = train.predict_proba(scripted, test_split[0], encoder)
     assert probs.shape == eager_probs.shape == (len(test_split[0]),)
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
 
 
-def test_onnx_matches_eager_on_test_split(export_dir, signature, vocab_index, eager, test_split, eager_probs):
-    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], vocab_index, eager[1])
+def test_onnx_matches_eager_on_test_split(export_dir, signature, encoder, test_split, eager_probs):
+    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], encoder)
     assert probs.shape == eager_probs.shape
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
 
 
-def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, vocab_index, eager):
-    model, features = eager
+def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, encoder, eager):
     texts = ["", "a fine film", "zorblax", "\u6771\u4eac", "dull"]  # the first and fourth are empty bags
-    assert encode_batch(texts, vocab_index, features)[1][3] == encode_batch(texts, vocab_index, features)[1][4]
-    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, vocab_index, features)
-    assert (onnx - train.predict_proba(model, texts, vocab_index, features)).abs().max().item() < 1e-5
-    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], vocab_index, features)
+    assert encoder.batch(texts)[1][3] == encoder.batch(texts)[1][4]
+    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, encoder)
+    assert (onnx - train.predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
+    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], encoder)
     assert single.shape == (1,) and single.item() == pytest.approx(onnx[4].item(), abs=1e-6)
 
 
@@ -99,10 +97,9 @@ def test_torchscript_core_carries_no_training_state(export_dir, signature, eager
         assert torch.equal(state[name], tensor), name
 
 
-def test_recorded_test_metrics_are_reproducible(signature, eager, test_split, vocab_index):
+def test_recorded_test_metrics_are_reproducible(signature, eager, test_split, encoder):
     """signature.json's held-out accuracy is what the shipped vocabulary + text.py + checkpoint score today."""
-    model, features = eager
-    metrics = train.evaluate(model, *test_split, vocab_index, features, threshold=signature.threshold)
+    metrics = train.evaluate(eager[0], *test_split, encoder, threshold=signature.threshold)
     assert metrics == signature.metrics["test"]
 
 

@@ -20,7 +20,6 @@ from ts.utils.util import list_classes_from_module
 import handler as handler_module
 from handler import SentimentHandler
 from model_def import to_tensors
-from text import encode_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -160,7 +159,7 @@ def test_handler_module_defines_exactly_one_class():
 def test_initialize_loads_core_signature_and_vocabulary(handler, signature, vocab_index):
     assert handler.initialized
     assert handler.signature == signature
-    assert handler.index == vocab_index
+    assert handler.encoder.index == vocab_index and handler.encoder.features == signature.features
     assert isinstance(handler.model, torch.jit.ScriptModule) and not handler.model.training
     assert handler.model.weight.num_embeddings == len(vocab_index)
 
@@ -203,10 +202,10 @@ def test_positive_reviews_score_higher_than_negative_ones(handler, context):
     assert min(probabilities[: len(POSITIVE)]) > 0.5 > max(probabilities[len(POSITIVE):])
 
 
-def test_probabilities_are_the_exported_core_on_text_py_encoding(handler, context, model_dir, signature, vocab_index):
+def test_probabilities_are_the_exported_core_on_text_py_encoding(handler, context, model_dir, signature, encoder):
     core = torch.jit.load(str(model_dir / signature.model_file))
     texts = POSITIVE + NEGATIVE + ["zorblax", "\u6771\u4eac"]  # an unknown word (char grams only); an empty bag
-    ids, offsets = encode_batch(texts, vocab_index, signature.features)
+    ids, offsets = encoder.batch(texts)
     assert offsets[-1] == len(ids) and offsets[-2] < offsets[-1]  # the last text scores the bias alone
     with torch.inference_mode():
         expected = torch.sigmoid(core(*to_tensors(ids, offsets))).tolist()

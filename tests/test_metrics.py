@@ -101,7 +101,7 @@ def test_split():
     return evaluate.held_out_test_split()
 
 
-def test_evaluate_scores_the_served_model_as_training_scores_the_exported_one(server, export_dir, signature, vocab_index,
+def test_evaluate_scores_the_served_model_as_training_scores_the_exported_one(server, export_dir, signature, encoder,
                                                                              test_split, tmp_path):
     out = tmp_path / "served.json"
     run = subprocess.run([sys.executable, "evaluate.py", "--url", server.inference, "--out", str(out)],
@@ -111,10 +111,10 @@ def test_evaluate_scores_the_served_model_as_training_scores_the_exported_one(se
 
     texts, labels = test_split
     exported = torch.jit.load(str(export_dir / signature.model_file))
-    expected = train.evaluate(exported, texts, labels, vocab_index, signature.features, signature.threshold)
+    expected = train.evaluate(exported, texts, labels, encoder, signature.threshold)
     assert printed["size"] == expected["size"] == len(texts)
     assert printed["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
-    probabilities = train.predict_proba(exported, texts, vocab_index, signature.features)
+    probabilities = train.predict_proba(exported, texts, encoder)
     assert printed["correct"] == sum(int(p >= signature.threshold) == y for p, y in zip(probabilities.tolist(), labels))
     assert printed["roc_auc"] == pytest.approx(expected["roc_auc"], abs=2e-4)  # served probabilities have 6 decimals
     assert printed["served_versions"] == [signature.version]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
-from text import encode, encode_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -60,8 +59,8 @@ def test_new_model_is_neutral_and_has_no_training_only_state():
         assert model(*to_tensors([0, 1, 2], [0, 2])).tolist() == [0.0, 0.0]
 
 
-def test_exported_core_shapes_for_mixed_batch_with_empty_bags(scripted, vocab_index, signature):
-    ids, offsets = to_tensors(*encode_batch(TEXTS, vocab_index, signature.features))
+def test_exported_core_shapes_for_mixed_batch_with_empty_bags(scripted, encoder):
+    ids, offsets = to_tensors(*encoder.batch(TEXTS))
     assert offsets.tolist()[1] == offsets.tolist()[2] == offsets.tolist()[3]  # texts 1 and 2 encode to nothing
     with torch.inference_mode():
         logits = scripted(ids, offsets)
@@ -71,17 +70,17 @@ def test_exported_core_shapes_for_mixed_batch_with_empty_bags(scripted, vocab_in
     assert logits[1].item() == pytest.approx(bias) and logits[2].item() == pytest.approx(bias)
 
 
-def test_exported_core_batch_equals_texts_one_by_one(scripted, vocab_index, signature):
+def test_exported_core_batch_equals_texts_one_by_one(scripted, encoder):
     with torch.inference_mode():
-        batched = scripted(*to_tensors(*encode_batch(TEXTS, vocab_index, signature.features)))
-        single = torch.cat([scripted(*to_tensors(*encode_batch([t], vocab_index, signature.features))) for t in TEXTS])
-        reordered = scripted(*to_tensors(*encode_batch(TEXTS[::-1], vocab_index, signature.features)))
+        batched = scripted(*to_tensors(*encoder.batch(TEXTS)))
+        single = torch.cat([scripted(*to_tensors(*encoder.batch([t]))) for t in TEXTS])
+        reordered = scripted(*to_tensors(*encoder.batch(TEXTS[::-1])))
     assert torch.allclose(batched, single, atol=1e-6, rtol=0)
     assert torch.allclose(batched, reordered.flip(0), atol=1e-6, rtol=0)
 
 
-def test_unknown_words_are_scored_by_their_known_character_grams(scripted, vocab_index, signature):
-    ids = encode("zorblax quuxly", vocab_index, signature.features)
+def test_unknown_words_are_scored_by_their_known_character_grams(scripted, vocab_index, encoder):
+    ids = encoder("zorblax quuxly")
     assert ids  # no word of it is known, but character grams of it are
     vocab = {i: g for g, i in vocab_index.items()}
     assert all(vocab[i].startswith("c:") for i in ids)
@@ -114,7 +113,7 @@ def test_naive_bayes_scale_counts_presence_not_repeats():
     assert torch.equal(once, repeated)
 
 
-def test_exported_feature_scale_signs_follow_sentiment_words(scripted, vocab_index, signature):
+def test_exported_feature_scale_signs_follow_sentiment_words(scripted, vocab_index, encoder):
     scale = scripted.feature_scale
     for word in ("wonderful", "beautiful", "moving"):
         assert scale[vocab_index[word]] > 0, word
@@ -122,6 +121,6 @@ def test_exported_feature_scale_signs_follow_sentiment_words(scripted, vocab_ind
         assert scale[vocab_index[word]] < 0, word
     # and the whole core agrees: positive reviews score higher than negative ones
     with torch.inference_mode():
-        pos, neg = scripted(*to_tensors(*encode_batch([TEXTS[0], TEXTS[3]], vocab_index, signature.features)))
+        pos, neg = scripted(*to_tensors(*encoder.batch([TEXTS[0], TEXTS[3]])))
     assert pos > 0 > neg
-    assert encode(TEXTS[0], vocab_index, signature.features)  # sanity: the review is not an empty bag
+    assert encoder(TEXTS[0])  # sanity: the review is not an empty bag

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import train
-from text import Features, build_vocab, char_ngrams, encode, encode_batch, ngrams, normalize, tokenize
+from text import Encoder, Features, build_vocab, char_ngrams, ngrams, normalize, tokenize
 
 FEATURES = Features()  # word 1..2-grams + character 2..5-grams, as trained
 
@@ -220,52 +220,64 @@ def test_build_vocab_uses_the_same_normalisation_as_encode():
     assert vocab == ["!", "c: ! ", "c: gr", "c: it", "c:'s ", "c:at ", "c:eat", "c:gre", "c:it'", "c:rea", "c:t's",
                      "great", "it's"]
     index = {g: i for i, g in enumerate(vocab)}
-    assert sorted(encode("it\u2019s great !", index, features)) == list(range(len(vocab)))
+    assert sorted(Encoder(index, features)("it\u2019s great !")) == list(range(len(vocab)))
 
 
-# --- encode / encode_batch ------------------------------------------------------------------------
+# --- Encoder -------------------------------------------------------------------------------------
 
 INDEX = {"good": 0, "film": 1, "good film": 2, "bad": 3, "!": 4}
+encode = Encoder(INDEX, FEATURES)
 
 
 def test_encode_returns_only_known_ids_unknown_words_dropped():
-    ids = encode("A GOOD film, zorblax!", INDEX, FEATURES)
+    ids = encode("A GOOD film, zorblax!")
     # "a", ",", "zorblax", every bigram but "good film" and every character gram are unknown
     assert ids == [0, 1, 4, 2]
     assert set(ids) <= set(INDEX.values())
 
 
 CHAR_INDEX = {**INDEX, "c: zo": 5, "c:ax ": 6, "c:ood": 7}
+encode_chars = Encoder(CHAR_INDEX, FEATURES)
 
 
 def test_encode_unknown_words_still_hit_known_char_features():
     # "zorblax" is no known word, but its character grams " zo" and "ax " are: word ids first, then char ids
-    assert encode("zorblax", CHAR_INDEX, FEATURES) == [5, 6]
-    assert encode("good zorblax", CHAR_INDEX, FEATURES) == [0, 7, 5, 6]
-    assert encode("quuxly", CHAR_INDEX, FEATURES) == []
+    assert encode_chars("zorblax") == [5, 6]
+    assert encode_chars("good zorblax") == [0, 7, 5, 6]
+    assert encode_chars("quuxly") == []
 
 
 def test_encode_text_with_only_unknown_words_is_empty():
-    assert encode("zorblax quuxly", INDEX, FEATURES) == []
+    assert encode("zorblax quuxly") == []
 
 
 @pytest.mark.parametrize("blank", ["", "   ", "\n", "<br />"])
 def test_encode_empty_or_whitespace_text_is_an_explicit_empty_encoding(blank):
-    assert encode(blank, INDEX, FEATURES) == []
+    assert encode(blank) == []
 
 
-def test_encode_batch_offsets_mark_each_text_including_empty_ones():
-    ids, offsets = encode_batch(["good film", "", "zorblax", "bad!"], INDEX, FEATURES)
+def test_batch_offsets_mark_each_text_including_empty_ones():
+    ids, offsets = encode.batch(["good film", "", "zorblax", "bad!"])
     assert ids == [0, 1, 2, 3, 4]
     assert offsets == [0, 3, 3, 3]  # one offset per text, empty bags start where the next one does
-    assert encode_batch([], INDEX, FEATURES) == ([], [])
+    assert encode.batch([]) == ([], [])
 
 
-def test_encode_batch_is_concatenation_of_encode():
+def test_batch_is_concatenation_of_encode():
     texts = ["Good film!", "bad film", "", "good good", "zorblax"]
-    ids, offsets = encode_batch(texts, CHAR_INDEX, FEATURES)
+    ids, offsets = encode_chars.batch(texts)
     bounds = offsets + [len(ids)]
-    assert [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))] == [encode(t, CHAR_INDEX, FEATURES) for t in texts]
+    assert [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))] == [encode_chars(t) for t in texts]
+
+
+def test_encoder_ids_are_the_known_features_in_order_on_real_reviews(vocab_index, signature):
+    """The per-word cache changes nothing: ids == the vocabulary's ids of features(text), in order,
+    on a cold and on a warm cache, for rt-polarity snippets and for accented, HTML-laden text."""
+    texts = train.load_dataset()[0][:2000] + ["Am\u00e9lie: a <b>CHARMANT</b> film\u2026 it\u2019s na\u00efve &amp; sweet!"]
+    encoder = Encoder(vocab_index, signature.features)
+    expected = [[vocab_index[g] for g in signature.features(t) if g in vocab_index] for t in texts]
+    assert [encoder(t) for t in texts] == expected
+    assert [encoder(t) for t in texts] == expected  # cached this time
 
 
 # --- regressions: once known defects, fixed in text.py ---------------------------------------------

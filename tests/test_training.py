@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from text import Features, tokenize
+from text import Encoder, Features, tokenize
 
 README_MD5 = {
     "rt-polarity.pos": "674ca95d7fa6547818f1cb30daa7eafe",
@@ -129,9 +129,9 @@ def test_short_training_run_clears_the_sanity_bar_on_held_out_data(dataset):
     assert metrics["test"]["size"] == len(train.split(len(texts))["test"])
     assert metrics["test"]["accuracy"] > 0.7
     # the reported number is the held-out one: recompute it independently on the fixed test split
-    index = {g: i for i, g in enumerate(vocab)}
+    encoder = Encoder({g: i for i, g in enumerate(vocab)}, train.FEATURES)
     test_idx = train.split(len(texts))["test"]
-    probs = train.predict_proba(model, [texts[i] for i in test_idx], index, train.FEATURES)
+    probs = train.predict_proba(model, [texts[i] for i in test_idx], encoder)
     accuracy = ((probs >= 0.5).long() == torch.tensor([labels[i] for i in test_idx])).float().mean().item()
     assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     # no test text leaked into the vocabulary's training texts: the split's train part has none of them
@@ -139,7 +139,6 @@ def test_short_training_run_clears_the_sanity_bar_on_held_out_data(dataset):
 
 
 def test_evaluate_scores_a_known_core():
-    index = {"good": 0, "bad": 1}
 
     def core(ids, offsets):  # +2 per "good", -2 per "bad"
         signs = torch.tensor([2.0, -2.0])
@@ -147,8 +146,8 @@ def test_evaluate_scores_a_known_core():
         return torch.stack([signs[ids[bounds[i] : bounds[i + 1]]].sum() for i in range(len(offsets))])
 
     # logits 4, 2, -2, 0 -> probabilities .98, .88, .12, .5: the last one is called positive (>= threshold)
-    words = Features(word_ngram=1)  # the index holds no character grams: they are dropped at encode time
-    metrics = train.evaluate(core, ["good good", "good", "bad", "good bad"], [1, 1, 0, 0], index, words)
+    words = Encoder({"good": 0, "bad": 1}, Features(word_ngram=1))  # no character grams: dropped at encode time
+    metrics = train.evaluate(core, ["good good", "good", "bad", "good bad"], [1, 1, 0, 0], words)
     assert metrics == {"accuracy": 0.75, "roc_auc": 1.0, "size": 4}
     # a higher threshold calls the 0.5 one negative
-    assert train.evaluate(core, ["good bad", "good good"], [0, 1], index, words, threshold=0.6)["accuracy"] == 1.0
+    assert train.evaluate(core, ["good bad", "good good"], [0, 1], words, threshold=0.6)["accuracy"] == 1.0
