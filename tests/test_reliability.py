@@ -118,8 +118,9 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(store, good_reques
     assert kill["replaced_s"] < 60 and len(kill["new_pids"]) == 1 and kill["pid"] not in report["rss"]["end"]["worker_pids"]
     # Every request got an HTTP answer: the frontend answers for a dead worker; nothing hung.
     assert report["sent"] == report["answered"] and report["in_flight_at_end"] == 0
-    # Only the requests in the killed worker's batch failed (batchSize 16): "507 Worker died."
-    assert 0 < report["errors"] <= 2 * 16, report["errors_by_kind"]
+    # Only requests the killed worker held failed, "Worker died." (seen: 1 to 16, up to two batches of
+    # 8); never more than the 32 in flight.
+    assert 0 < report["errors"] <= 32, report["errors_by_kind"]
     assert set(report["errors_by_kind"]) <= {"507:InternalServerException", "500:InternalServerException"}, report["error_examples"]
     assert report["ok"] > 0.99 * report["sent"] - 32
     # Throughput recovers: in the last 2 s (the new worker READY for 4 s by then) it is back near the
