@@ -8,9 +8,9 @@ A closed-loop asyncio client (aiohttp, keep-alive) sends real reviews (rt-polari
 in every request form ({"text"}, {"texts"}, text/plain, KServe v2) and counts requests sent,
 answered (any HTTP response) and failed, by kind ("500:inference_error", "ServerDisconnectedError",
 ...). It samples the resident memory of the frontend (JVM) and of the workers after the warm-up,
-every 10 s and at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds of the run and
-measures how long TorchServe takes to replace it, how many requests failed, and how long
-throughput took to recover. Figures are printed and written to bench/results/soak.json (--out),
+every 10 s and at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds
+of the run and measures how long TorchServe takes to replace it, how many requests failed, and how
+long throughput took to recover. Figures are printed and written to bench/results/soak.json (--out),
 with a plot of throughput and memory over the run beside it (soak.png).
 
 By default the run gets a private TorchServe (LocalTorchServe: free loopback ports, its own TMPDIR)
