@@ -16,6 +16,7 @@ METRICS    := http://127.0.0.1:8082
 N          ?= 2
 MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
+export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
 .PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos batch evaluate kserve-layout clean
 
@@ -59,23 +60,25 @@ archive: $(MAR) ## model_store/sentiment.mar (VERSION=2 builds sentiment_v2.mar)
 serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (MODEL_API=on: allow registering versions)
 	mkdir -p logs
 	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties \
-		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1
+		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1 || { cat logs/console.log; exit 1; }
 	@for i in $$(seq 120); do \
 		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME) | grep -q '"status": "READY"' && { echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME)"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
 
-stop: ## stop TorchServe started by `make serve`
-	$(BIN)/torchserve --stop
+stop: ## stop TorchServe started by `make serve` and wait until it has exited
+	@pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
+	$(BIN)/torchserve --stop; \
+	for i in $$(seq 100); do [ -n "$$pid" ] && kill -0 $$pid 2>/dev/null || exit 0; sleep 0.2; done
 
 predict: ## curl one prediction (TEXT="...")
 	curl -s -X POST $(INFERENCE)/predictions/$(MODEL_NAME) -H 'Content-Type: application/json' \
-		-d "$$($(PY) -c 'import json,sys; print(json.dumps({"text": sys.argv[1]}))' '$(TEXT)')"; echo
+		-d "$$($(PY) -c 'import json,sys; print(json.dumps({"text": sys.argv[1]}))' "$$TEXT")"; echo
 
 scale: ## set the worker count through the management API (N=2)
 	curl -s -X PUT "$(MANAGEMENT)/models/$(MODEL_NAME)?min_worker=$(N)&max_worker=$(N)&synchronous=true"; echo
 
 status: ## describe the model and its workers
-	curl -s $(MANAGEMENT)/models/$(MODEL_NAME)
+	curl -s $(MANAGEMENT)/models/$(MODEL_NAME); echo
 
 test: install-dev archive ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests

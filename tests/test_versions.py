@@ -99,7 +99,7 @@ def test_register_route_promote_rollback_unregister_without_a_failed_request(ts)
         traffic.wait_for("/predictions/sentiment", "1")
 
         # Register v2 beside v1: v1 stays the default.
-        response = manage(ts, "POST", f"/models?url={V2_MAR}&initial_workers=1&synchronous=true")
+        response = manage(ts, "POST", f"/models?url={V2_MAR}&synchronous=true")
         assert response.status_code == 200, response.text
         versions = {m["modelVersion"]: m for m in manage(ts, "GET", "/models/sentiment/all").json()}
         assert set(versions) == {"1", "2"}
