@@ -118,12 +118,18 @@ def check_text(text, where: str, signature: Signature) -> str:
     return text
 
 
+def labelled(probabilities: list[float], signature: Signature) -> tuple[list[float], list[str]]:
+    """Probabilities as answered (6 decimals) and their labels, taken from the rounded value so that
+    the answer, and the metrics that count it, never disagree with themselves."""
+    rounded = [round(p, 6) for p in probabilities]
+    return rounded, [signature.label(p) for p in rounded]
+
+
 def response_body(request: Parsed, signature: Signature) -> dict:
     """The answer to one request, in the form it was asked in."""
     if request.error is not None:
         return request.error.body()
-    probabilities = [round(p, 6) for p in request.probabilities]
-    labels = [signature.label(p) for p in probabilities]  # from the rounded value, so the two never disagree
+    probabilities, labels = labelled(request.probabilities, signature)
     if request.form == "v2":
         body = {"model_name": signature.model_name, "model_version": signature.version, "outputs": [
             {"name": "probability", "datatype": "FP32", "shape": [len(probabilities)], "data": probabilities},

@@ -3,7 +3,7 @@ TorchServe requires the handler module to define exactly one class)."""
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from payload import Parsed
+from payload import Parsed, labelled
 from signature import Signature
 
 
@@ -25,8 +25,8 @@ class PredictionMetrics:
             if request.error is not None:
                 self.errors.add_or_update(1, [*model, request.error.kind])
                 continue
-            for text, probability in zip(request.texts, request.probabilities):
-                labels[signature.label(probability)] += 1
+            for text, probability, label in zip(request.texts, *labelled(request.probabilities, signature)):
+                labels[label] += 1
                 self.probability.add_or_update(probability, model)
                 self.input_kchars.add_or_update(len(text) / 1000, model)
         for label, count in labels.items():
