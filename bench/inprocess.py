@@ -26,7 +26,6 @@ Prints one JSON object.
 """
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -36,6 +35,9 @@ import time
 from pathlib import Path
 
 from archive import Served
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the archive's folder: worker_message only
+from worker_message import MessageSocket, predict_message  # noqa: E402
 
 
 # ---------------------------------------------------------------- ceilings
@@ -151,34 +153,13 @@ def ceilings(served: Served, texts: list[str], seconds: float, onnx: Path | None
 
 # ---------------------------------------------------------------- worker profile
 
-class FakeConnection:
-    """The worker reads its socket with recv(n); this serves one prepared message."""
-
-    def __init__(self, data: bytes):
-        self.buffer = io.BytesIO(data)
-
-    def recv(self, n: int) -> bytes:
-        return self.buffer.read(n)
-
-
-def frame(value: bytes) -> bytes:
-    return struct.pack("!i", len(value)) + value
-
-
 def inference_message(bodies: list[bytes], first_id: int) -> bytes:
-    """b"I", then per request: id, HTTP headers, the "body" parameter (application/json); -1 ends each list."""
-    msg = bytearray(b"I")
-    for i, body in enumerate(bodies):
-        msg += frame(f"{first_id + i:08d}-0000-0000-0000-000000000000".encode())
-        for name, value in (("Host", "127.0.0.1:8080"), ("User-Agent", "Python/3.11 aiohttp/3"), ("Accept", "*/*"),
-                            ("Accept-Encoding", "gzip, deflate"), ("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body)))):
-            msg += frame(name.encode()) + frame(value.encode())
-        msg += struct.pack("!i", -1)
-        msg += frame(b"body") + frame(b"application/json") + frame(body)
-        msg += struct.pack("!i", -1)
-    msg += struct.pack("!i", -1)
-    return bytes(msg)
+    """The frontend's message for a batch of JSON bodies, with the headers an aiohttp client sends."""
+    return predict_message([
+        {"id": f"{first_id + i:08d}-0000-0000-0000-000000000000", "content_type": "application/json", "body": body,
+         "headers": {"Host": "127.0.0.1:8080", "User-Agent": "Python/3.11 aiohttp/3", "Accept": "*/*",
+                     "Accept-Encoding": "gzip, deflate", "Content-Type": "application/json", "Content-Length": str(len(body))}}
+        for i, body in enumerate(bodies)])
 
 
 class Timer:
@@ -235,14 +216,14 @@ def worker_profile(model_dir: Path, bodies: list[bytes], batch_sizes: list[int],
     for batch_size in batch_sizes:
         messages = [inference_message(bodies[i : i + batch_size], i) for i in range(0, len(bodies) - batch_size + 1, batch_size)]
         for message in messages[:20]:  # warm-up
-            service.predict(retrieve_msg(FakeConnection(message))[1])
+            service.predict(retrieve_msg(MessageSocket(message))[1])
         totals.clear()
         batches, requests, statuses = 0, 0, set()
         started = time.perf_counter()
         while time.perf_counter() - started < seconds or batches < 20:
             message = messages[batches % len(messages)]
             t0 = time.process_time()
-            _, batch = retrieve_msg(FakeConnection(message))
+            _, batch = retrieve_msg(MessageSocket(message))
             t1 = time.process_time()
             response = service.predict(batch)
             t2 = time.process_time()

@@ -1,10 +1,8 @@
 """handler.py without a server: the shipped archive unpacked, TorchServe's own Context, RequestProcessor,
 metrics cache and wire decoding, and `handle` called the way a backend worker calls it."""
 
-import io
 import json
 import logging
-import struct
 import zipfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ts.utils.util import list_classes_from_module
 import handler as handler_module
 from handler import SentimentHandler
 from model_def import to_tensors
+from worker_message import MessageSocket, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -41,41 +40,17 @@ NEGATIVE = [
 
 # --- a backend worker, minus the sockets ------------------------------------------------------------
 
-class WireConnection:
-    """What a worker reads from the frontend socket, for ts.protocol.otf_message_handler.retrieve_msg."""
-
-    def __init__(self, data: bytes):
-        self.stream = io.BytesIO(data)
-
-    def recv(self, n: int) -> bytes:
-        return self.stream.read(n)
-
-
-def predict_frame(requests: list[dict]) -> bytes:
-    """A TorchServe PREDICT message: per request its id, headers and parameters (name, content type, bytes)."""
-    out = bytearray(b"I")
-
-    def put(value: bytes) -> None:
-        out.extend(struct.pack("!i", len(value)) + value)
-
-    for i, request in enumerate(requests):
-        put(f"req-{i}".encode())
-        for name, value in request.get("headers", {}).items():
-            put(name.encode())
-            put(value.encode())
-        out.extend(struct.pack("!i", -1))
-        put(request.get("name", "body").encode())
-        put((request.get("content_type") or "").encode())
-        body = request["body"]
-        put(json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body)
-        out.extend(struct.pack("!i", -1))
-    out.extend(struct.pack("!i", -1))
-    return bytes(out)
+def wire_request(i: int, request: dict) -> dict:
+    """A test request ({"body": dict | list | str | bytes, "headers", "name", "content_type"}) as
+    worker_message.predict_message takes it: the body as bytes, JSON-encoded if it is an object."""
+    body = request["body"]
+    body = json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body
+    return {**request, "id": f"req-{i}", "body": body}
 
 
 def run_batch(handler: SentimentHandler, context: Context, requests: list[dict]) -> list:
     """As ts.service.Service.predict: frontend bytes -> TorchServe's own decoding -> handler.handle."""
-    cmd, batch = retrieve_msg(WireConnection(predict_frame(requests)))
+    cmd, batch = retrieve_msg(MessageSocket(predict_message([wire_request(i, r) for i, r in enumerate(requests)])))
     assert cmd == b"I"
     processors, input_batch, req_ids = Service.retrieve_data_for_inference(batch)
     context.request_ids = req_ids
