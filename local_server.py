@@ -115,7 +115,15 @@ class LocalTorchServe:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def workers(self) -> list[psutil.Process]:
-        return [p for p in (self.frontend.children(recursive=True) if self.frontend else []) if p.is_running()]
+        """The model workers (not the short-lived system-metrics collector the frontend also forks)."""
+        found = []
+        for proc in self.frontend.children(recursive=True) if self.frontend else []:
+            try:
+                if "model_service_worker" in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
 
     def stop(self) -> None:
         """`torchserve --stop`, then kill whatever of this server's process tree is left."""

@@ -417,17 +417,8 @@ def run_naive(bench: Bench, results: dict, sample_bodies: list[str]) -> None:
 
 
 def ts_groups(ts: LocalTorchServe) -> dict:
-    """The JVM, and its model workers (not the short-lived system-metrics collector it also forks)."""
-    def workers() -> list[psutil.Process]:
-        found = []
-        for proc in ts.frontend.children(recursive=True) if ts.frontend else []:
-            try:
-                if "model_service_worker" in " ".join(proc.cmdline()):
-                    found.append(proc)
-            except psutil.Error:
-                pass
-        return found
-    return {"frontend": lambda: [ts.frontend] if ts.frontend else [], "workers": workers}
+    """The JVM, and its model workers."""
+    return {"frontend": lambda: [ts.frontend] if ts.frontend else [], "workers": ts.workers}
 
 
 def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list[str]) -> None:
