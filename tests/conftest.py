@@ -6,9 +6,13 @@ fixture's teardown; the last check of the session is that none of their processe
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -19,6 +23,58 @@ from text import Encoder  # noqa: E402
 
 EXPORT_DIR = ROOT / "build" / "v1" / "export"
 MODEL_STORE = ROOT / "model_store"
+
+
+class Scrape:
+    """One /metrics answer, parsed by prometheus_client's own parser (not regexes).
+
+    `scrape.value("SentimentPredictions", Label="positive")` sums the family's samples whose labels
+    include the given ones (0 if there is none yet: a series appears at its first increment). The
+    parser names a counter's samples `<family>_total` whatever TorchServe wrote; `sample` picks a
+    histogram's "_count", "_sum" or "_bucket" samples."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    @classmethod
+    def of(cls, server) -> "Scrape":
+        response = requests.get(server.metrics + "/metrics", timeout=10)
+        assert response.status_code == 200, response.text
+        return cls(response.text)
+
+    def type(self, family: str) -> str | None:
+        return self.families[family].type if family in self.families else None
+
+    def samples(self, family: str, sample: str = "", **labels) -> list:
+        if family not in self.families:
+            return []
+        found = self.families[family]
+        name = family + (sample or ("_total" if found.type == "counter" else ""))
+        return [s for s in found.samples if s.name == name and labels.items() <= s.labels.items()]
+
+    def value(self, family: str, sample: str = "", **labels) -> float:
+        return sum(s.value for s in self.samples(family, sample, **labels))
+
+
+def wait_for_metrics(server, read, expected: dict, timeout: float = 20, settle: float = 0.5) -> dict:
+    """Poll /metrics until every `read(scrape)[key]` has reached `expected[key]` (or `timeout`), then
+    wait `settle` s so that anything more would show too, and return the last reading. TorchServe's
+    frontend picks the handler's metrics up from the worker's log asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reading = read(Scrape.of(server))
+        if all(reading[key] >= count for key, count in expected.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    time.sleep(settle)
+    return read(Scrape.of(server))
+
+
+@pytest.fixture(scope="session")
+def model_config() -> dict:
+    """model-config.yaml as packed into the archive: workers, batch size, batch delay, response timeout."""
+    return yaml.safe_load((ROOT / "model-config.yaml").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +111,15 @@ def no_server_left_behind():
     yield
     left = server_processes(LocalTorchServe.homes)
     assert not left, f"TorchServe processes started by the tests outlived them: {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="session")
+def scrape():
+    """`scrape(server)`: the server's /metrics as a `Scrape` (prometheus_client's parser)."""
+    return Scrape.of
+
+
+@pytest.fixture(scope="session")
+def await_metrics():
+    """`await_metrics(server, read, expected)`: see `wait_for_metrics`."""
+    return wait_for_metrics

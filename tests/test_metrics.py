@@ -2,10 +2,8 @@
 evaluate.py scores the served model exactly as train.evaluate scores the exported one."""
 
 import json
-import re
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -24,74 +22,86 @@ POSITIVE = [
 ]
 NEGATIVE = ["A dull, lifeless mess: boring, predictable and badly acted."]
 
-SAMPLE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+def served(server, body) -> requests.Response:
+    return requests.post(server.inference + "/predictions/sentiment", json=body, timeout=30)
 
 
-def scrape(server) -> dict[tuple[str, frozenset], float]:
-    """/metrics as {(sample name, {label: value}): value}."""
-    response = requests.get(server.metrics + "/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    samples = {}
-    for line in response.text.splitlines():
-        match = SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = frozenset(LABEL.findall(match["labels"] or ""))
-            samples[(match["name"], labels)] = float(match["value"])
-    return samples
-
-
-def total(samples: dict, name: str, **labels) -> float:
-    """Sum of the samples named `name` whose labels include `labels` (0 if there is none yet)."""
-    wanted = set(labels.items())
-    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= found)
-
-
-def test_prediction_metrics_count_exactly_what_was_served(server):
+def test_prediction_metrics_count_exactly_what_was_served(server, signature, scrape, await_metrics):
+    model = {"ModelName": signature.model_name, "ModelVersion": signature.version}
     watched = {
-        "positive": lambda s: total(s, "SentimentPredictions", ModelName="sentiment", Label="positive"),
-        "negative": lambda s: total(s, "SentimentPredictions", ModelName="sentiment", Label="negative"),
-        "wrong_type": lambda s: total(s, "SentimentRequestErrors", ModelName="sentiment", Kind="wrong_type"),
-        "missing_text": lambda s: total(s, "SentimentRequestErrors", ModelName="sentiment", Kind="missing_text"),
-        "probability_count": lambda s: total(s, "SentimentProbability_count", ModelName="sentiment"),
-        "probability_sum": lambda s: total(s, "SentimentProbability_sum", ModelName="sentiment"),
-        "kchars_count": lambda s: total(s, "SentimentInputKiloChars_count", ModelName="sentiment"),
-        "kchars_sum": lambda s: total(s, "SentimentInputKiloChars_sum", ModelName="sentiment"),
+        "positive": lambda s: s.value("SentimentPredictions", **model, Label="positive"),
+        "negative": lambda s: s.value("SentimentPredictions", **model, Label="negative"),
+        "wrong_type": lambda s: s.value("SentimentRequestErrors", **model, Kind="wrong_type"),
+        "missing_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="missing_text"),
+        "empty_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="empty_text"),
+        "probability_count": lambda s: s.value("SentimentProbability", "_count", **model),
+        "probability_sum": lambda s: s.value("SentimentProbability", "_sum", **model),
+        "kchars_count": lambda s: s.value("SentimentInputKiloChars", "_count", **model),
+        "kchars_sum": lambda s: s.value("SentimentInputKiloChars", "_sum", **model),
     }
-    before = {key: read(scrape(server)) for key, read in watched.items()}
+    before = scrape(server)
+    before = {key: read(before) for key, read in watched.items()}
 
-    url = server.inference + "/predictions/sentiment"
-    served = [requests.post(url, json={"text": POSITIVE[0]}, timeout=30),
-              requests.post(url, json={"texts": POSITIVE[1:] + NEGATIVE}, timeout=30)]
-    bad = [requests.post(url, json={"text": 42}, timeout=30),
-           requests.post(url, json={"review": "great"}, timeout=30)]
-    assert [r.status_code for r in served] == [200, 200], [r.text for r in served]
-    assert [r.status_code for r in bad] == [400, 400], [r.text for r in bad]
-    probabilities = [served[0].json()["probability"]] + [p["probability"] for p in served[1].json()["predictions"]]
-    assert [served[0].json()["label"]] + [p["label"] for p in served[1].json()["predictions"]] == ["positive"] * 3 + ["negative"]
+    answers = [served(server, {"text": POSITIVE[0]}), served(server, {"texts": POSITIVE[1:] + NEGATIVE})]
+    bad = [served(server, {"text": 42}), served(server, {"review": "great"}), served(server, {"texts": [POSITIVE[0], " "]})]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert [(r.status_code, r.json()["kind"]) for r in bad] == [(400, "wrong_type"), (400, "missing_text"), (400, "empty_text")]
+    predictions = [answers[0].json()] + answers[1].json()["predictions"]
+    assert [p["label"] for p in predictions] == ["positive"] * 3 + ["negative"]
 
-    expected = {"positive": 3, "negative": 1, "wrong_type": 1, "missing_text": 1, "probability_count": 4, "kchars_count": 4}
-    deadline = time.monotonic() + 20  # the frontend picks the metrics up from the worker's log asynchronously
-    while True:
-        after = {key: read(scrape(server)) for key, read in watched.items()}
-        delta = {key: after[key] - before[key] for key in watched}
-        if all(delta[key] >= count for key, count in expected.items()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
-    time.sleep(0.5)  # nothing more may arrive
-    after = {key: read(scrape(server)) for key, read in watched.items()}
-    delta = {key: after[key] - before[key] for key in watched}
-    assert {key: delta[key] for key in expected} == expected
-    assert delta["probability_sum"] == pytest.approx(sum(probabilities), abs=1e-4)
-    assert delta["kchars_sum"] == pytest.approx(sum(len(t) for t in POSITIVE + NEGATIVE) / 1000, abs=1e-6)
+    expected = {"positive": 3, "negative": 1, "wrong_type": 1, "missing_text": 1, "empty_text": 1,
+                "probability_count": 4, "kchars_count": 4}  # a bad request's good text is not counted
+    after = await_metrics(server, lambda s: {key: read(s) - before[key] for key, read in watched.items()}, expected)
+    assert {key: after[key] for key in expected} == expected
+    assert after["probability_sum"] == pytest.approx(sum(p["probability"] for p in predictions), abs=1e-4)
+    assert after["kchars_sum"] == pytest.approx(sum(len(t) for t in POSITIVE + NEGATIVE) / 1000, abs=1e-6)
 
 
-def test_metrics_excerpt_is_prometheus_text(server):
-    text = requests.get(server.metrics + "/metrics", timeout=10).text
+def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_metrics):
+    """The model's own families as README documents them: two counters and two histograms, each labelled
+    with ModelName and ModelVersion, the histograms on TorchServe's fixed buckets (above 1 empty for a
+    probability). This test sends what makes each series appear, so it does not rely on earlier tests."""
+    model = {"ModelName": signature.model_name, "ModelVersion": signature.version}
+
+    def read(s):
+        return {
+            "positive": s.value("SentimentPredictions", **model, Label="positive"),
+            "negative": s.value("SentimentPredictions", **model, Label="negative"),
+            "null_byte": s.value("SentimentRequestErrors", **model, Kind="null_byte"),
+            **{f"{family}{le}": s.value(family, "_bucket", **model, le=le)
+               for family in ("SentimentProbability", "SentimentInputKiloChars") for le in ("0.5", "1.0", "+Inf")},
+        }
+
+    before = read(scrape(server))
+    texts = [POSITIVE[0], NEGATIVE[0]]
+    answer = served(server, {"texts": texts})
+    assert [p["label"] for p in answer.json()["predictions"]] == ["positive", "negative"], answer.text
+    assert served(server, {"text": "nul\u0000"}).json()["kind"] == "null_byte"
+    after = await_metrics(server, lambda s: {k: v - before[k] for k, v in read(s).items()},
+                          {"positive": 1, "negative": 1, "null_byte": 1, "SentimentProbability+Inf": 2})
+    assert after == {
+        "positive": 1, "negative": 1, "null_byte": 1,
+        # probabilities: the negative one is <= 0.5, both are <= 1 (the buckets above 1 stay empty)
+        "SentimentProbability0.5": 1, "SentimentProbability1.0": 2, "SentimentProbability+Inf": 2,
+        # input lengths in thousands of characters: both texts are under 500 characters
+        "SentimentInputKiloChars0.5": 2, "SentimentInputKiloChars1.0": 2, "SentimentInputKiloChars+Inf": 2,
+    }
+
+    metrics = scrape(server)
     for name, kind in (("SentimentPredictions", "counter"), ("SentimentRequestErrors", "counter"),
                        ("SentimentProbability", "histogram"), ("SentimentInputKiloChars", "histogram")):
-        assert f"# TYPE {name} {kind}" in text, name
-    assert re.search(r'^SentimentProbability_bucket\{.*le="\+Inf".*\} \d', text, re.M)
+        assert metrics.type(name) == kind, name
+        assert metrics.samples(name, "_count" if kind == "histogram" else "", **model), name
+    for family in ("SentimentProbability", "SentimentInputKiloChars"):
+        buckets = metrics.samples(family, "_bucket", **model)
+        bounds = [float(b.labels["le"]) for b in buckets]
+        assert bounds == sorted(bounds) and bounds[-1] == float("inf") and len(bounds) > 10, family
+        counts = [b.value for b in buckets]
+        assert counts == sorted(counts), f"{family} buckets are not cumulative"
+        assert counts[-1] == metrics.value(family, "_count", **model), family
+    probability_above_1 = [b.value for b in metrics.samples("SentimentProbability", "_bucket", **model) if float(b.labels["le"]) >= 1]
+    assert len(set(probability_above_1)) == 1, "a probability fell into a bucket above 1"
 
 
 # --- evaluate.py ----------------------------------------------------------------------------------
