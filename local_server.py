@@ -1,6 +1,8 @@
 """Start and stop a private TorchServe for tests, benchmarks and scripts: free loopback ports,
 its own TMPDIR (TorchServe keeps one pid file per temp dir), logs outside the work tree, and a
-stop that leaves no JVM or worker behind."""
+stop that leaves no JVM or worker behind. `TorchServeAdmin` is the one client of the management
+API (describe, wait for workers, scale, register, set-default, unregister): every LocalTorchServe
+has one (`ts.admin`), and `TorchServeAdmin("http://127.0.0.1:8081")` talks to `make serve`'s."""
 
 import os
 import shutil
@@ -22,6 +24,98 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class AdminError(RuntimeError):
+    """A management API call answered with an error status; the message holds TorchServe's answer."""
+
+    def __init__(self, response: requests.Response):
+        super().__init__(f"{response.request.method} {response.url}: HTTP {response.status_code} {response.text[:500]}")
+        self.status_code = response.status_code
+
+
+class TorchServeAdmin:
+    """The management API of one TorchServe, by URL: `TorchServeAdmin(ts.management).scale(2)`.
+
+    Every call that changes the server is synchronous (TorchServe's `synchronous=true`) and raises
+    AdminError with TorchServe's answer if refused; `request()` is the unchecked call beneath them.
+    """
+
+    def __init__(self, management: str, model: str = "sentiment"):
+        self.management, self.model = management.rstrip("/"), model
+
+    def request(self, method: str, path: str, params: dict | None = None, timeout: float = 120) -> requests.Response:
+        return requests.request(method, self.management + path, params=params, timeout=timeout)
+
+    def call(self, method: str, path: str, params: dict | None = None, timeout: float = 120):
+        """The answer's JSON (None if it has none); AdminError if TorchServe refused."""
+        response = self.request(method, path, params, timeout)
+        if not response.ok:
+            raise AdminError(response)
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    @staticmethod
+    def path(model: str, version: str | None = None) -> str:
+        return f"/models/{model}" + (f"/{version}" if version else "")
+
+    def models(self) -> list[str]:
+        """Names of the registered models."""
+        return [m["modelName"] for m in self.call("GET", "/models", timeout=10)["models"]]
+
+    def describe(self, model: str | None = None, version: str | None = None) -> list[dict]:
+        """One description per version (the default version only, unless `version` is given; "all": every one)."""
+        return self.call("GET", self.path(model or self.model, version), timeout=10)
+
+    def workers(self, model: str | None = None, version: str | None = None) -> list[dict]:
+        """The workers (id, pid, status, ...) of the described version(s)."""
+        return [w for described in self.describe(model, version) for w in described["workers"]]
+
+    def ready_pids(self, model: str | None = None, version: str | None = None) -> set[int]:
+        return {w["pid"] for w in self.workers(model, version) if w["status"] == "READY"}
+
+    def ready_workers(self, model: str | None = None, version: str | None = None) -> int:
+        return sum(w["status"] == "READY" for w in self.workers(model, version))
+
+    def wait_workers(self, count: int, model: str | None = None, version: str | None = None,
+                     exclude: set[int] = frozenset(), timeout: float = 60) -> float:
+        """Wait until exactly `count` workers are listed and READY, none of them a pid in `exclude`
+        (a killed worker can stay listed for a moment). Returns the seconds waited."""
+        started = time.monotonic()
+        while True:
+            try:
+                listed = self.workers(model, version)
+                pids = {w["pid"] for w in listed if w["status"] == "READY"}
+                if len(listed) == count and len(pids) == count and not pids & set(exclude):
+                    return time.monotonic() - started
+            except (requests.RequestException, AdminError, ValueError, KeyError, TypeError):
+                pass
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{model or self.model}: not {count} READY workers after {timeout} s")
+            time.sleep(0.2)
+
+    def scale(self, count: int, model: str | None = None, version: str | None = None, timeout: float = 120) -> list[dict]:
+        """min_worker = max_worker = count; returns the description once exactly `count` workers are READY."""
+        self.call("PUT", self.path(model or self.model, version), timeout=timeout,
+                  params={"min_worker": count, "max_worker": count, "synchronous": "true"})
+        self.wait_workers(count, model, version, timeout=timeout)
+        return self.describe(model, version)
+
+    def register(self, url: str, model: str | None = None, batch_size: int | None = None, max_batch_delay: int | None = None,
+                 initial_workers: int | None = None, timeout: float = 120) -> dict:
+        """Register an archive of the model store by file name (needs the model-control API).
+        Unset batching and worker settings come from the archive's model-config.yaml."""
+        params = {"url": url, "model_name": model, "batch_size": batch_size, "max_batch_delay": max_batch_delay,
+                  "initial_workers": initial_workers, "synchronous": "true"}
+        return self.call("POST", "/models", {k: v for k, v in params.items() if v is not None}, timeout)
+
+    def set_default(self, version: str, model: str | None = None) -> dict:
+        return self.call("PUT", self.path(model or self.model, version) + "/set-default")
+
+    def unregister(self, model: str | None = None, version: str | None = None) -> dict:
+        return self.call("DELETE", self.path(model or self.model, version))
 
 
 def server_processes(homes: set[str] | None = None) -> list[psutil.Process]:
@@ -71,6 +165,7 @@ class LocalTorchServe:
         self.env = {**os.environ, "TMPDIR": str(self.home), "LOG_LOCATION": str(self.home / "logs"),
                     "METRICS_LOCATION": str(self.home / "logs"), "TEMP": str(self.home), **(env or {})}
         self.frontend: psutil.Process | None = None
+        self.admin = TorchServeAdmin(self.management)
 
     def start(self, timeout: float = 120) -> "LocalTorchServe":
         started = subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
@@ -101,14 +196,13 @@ class LocalTorchServe:
         try:
             if requests.get(self.inference + "/ping", timeout=2).json().get("status") != "Healthy":
                 return False
-            names = [m["modelName"] for m in requests.get(self.management + "/models", timeout=2).json()["models"]]
-            return bool(names) and all(self.ready_workers(name) > 0 for name in names)
-        except (requests.RequestException, ValueError, KeyError, TypeError):
+            names = self.admin.models()
+            return bool(names) and all(self.admin.ready_workers(name) > 0 for name in names)
+        except (requests.RequestException, AdminError, ValueError, KeyError, TypeError):
             return False
 
     def ready_workers(self, model: str = "sentiment") -> int:
-        description = requests.get(f"{self.management}/models/{model}", timeout=5).json()
-        return sum(w["status"] == "READY" for version in description for w in version["workers"])
+        return self.admin.ready_workers(model)
 
     def log(self, name: str = "ts_log.log") -> str:
         path = self.home / "logs" / name

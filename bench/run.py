@@ -50,7 +50,7 @@ ROOT = BENCH.parent
 sys.path.append(str(ROOT))  # after bench/, so bench's own modules win
 
 from archive import extract  # noqa: E402  (bench/archive.py)
-from local_server import LocalTorchServe, free_port  # noqa: E402
+from local_server import AdminError, LocalTorchServe, free_port  # noqa: E402
 
 PY = sys.executable
 RESULTS = BENCH / "results"
@@ -252,11 +252,11 @@ def torchserve(store: Path, config: dict | None = None):
 
 def register(ts: LocalTorchServe, workers: int, batch_size: int, delay_ms: int) -> dict:
     """(Re-)register the archive with this batching, then scale to `workers`; returns the model description."""
-    requests.delete(f"{ts.management}/models/{MODEL}", timeout=60)
-    response = requests.post(f"{ts.management}/models", timeout=120, params={
-        "url": f"{MODEL}.mar", "batch_size": batch_size, "max_batch_delay": delay_ms,
-        "initial_workers": 1, "synchronous": "true"})
-    response.raise_for_status()
+    try:
+        ts.admin.unregister()
+    except AdminError:  # not registered
+        pass
+    ts.admin.register(f"{MODEL}.mar", batch_size=batch_size, max_batch_delay=delay_ms, initial_workers=1)
     return scale(ts, workers)
 
 
@@ -268,17 +268,9 @@ def prewarm(ts: LocalTorchServe) -> None:
 
 
 def scale(ts: LocalTorchServe, workers: int) -> dict:
-    response = requests.put(f"{ts.management}/models/{MODEL}", timeout=120,
-                            params={"min_worker": workers, "max_worker": workers, "synchronous": "true"})
-    response.raise_for_status()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        description = requests.get(f"{ts.management}/models/{MODEL}", timeout=10).json()[0]
-        if sum(w["status"] == "READY" for w in description["workers"]) == workers:
-            prewarm(ts)
-            return description
-        time.sleep(0.2)
-    raise RuntimeError(f"{workers} workers not READY: {description['workers']}")
+    (description,) = ts.admin.scale(workers)
+    prewarm(ts)
+    return description
 
 
 # ---------------------------------------------------------------- one load point
@@ -427,7 +419,7 @@ def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list
         groups = ts_groups(ts)
         for c in CONCURRENCY:
             bench.point("ping", ts.inference + "/ping", c, {}, groups, post=False, ts=ts)
-        shipped = requests.get(f"{ts.management}/models/{MODEL}", timeout=10).json()[0]
+        (shipped,) = ts.admin.describe()
         shipped_config = {k: shipped[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")}
         results["shipped_model_config"] = shipped_config
         results["torchserve_sample_predictions"] = [requests.post(predict, data=b.encode(), timeout=10,

@@ -36,11 +36,12 @@ from urllib.parse import urlparse
 
 import aiohttp
 import psutil
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from local_server import TorchServeAdmin  # noqa: E402
 
 JSON, PLAIN_TEXT = "application/json", "text/plain"
 MODEL = "sentiment"
@@ -284,44 +285,27 @@ class BackgroundLoad:
 # ---------------------------------------------------------------- the server side
 
 
+# The management calls go through local_server.TorchServeAdmin. These four names stay only for
+# tests/test_reliability.py, which imports them from here (its owner is moving it to the admin client).
 def workers(management: str, model: str = MODEL) -> list[dict]:
-    """The model's workers as the management API describes them (id, pid, status, ...)."""
-    description = requests.get(f"{management}/models/{model}", timeout=10).json()
-    return [w for version in description for w in version["workers"]]
+    return TorchServeAdmin(management, model).workers()
 
 
 def ready_pids(management: str, model: str = MODEL) -> set[int]:
-    return {w["pid"] for w in workers(management, model) if w["status"] == "READY"}
+    return TorchServeAdmin(management, model).ready_pids()
 
 
-def wait_workers(management: str, count: int, model: str = MODEL, exclude: set[int] = frozenset(),
-                 timeout: float = 60) -> float:
-    """Wait until the model has exactly `count` READY workers, none of them a pid in `exclude`
-    (a killed worker can stay listed for a moment). Returns the seconds waited."""
-    started = time.monotonic()
-    while True:
-        try:
-            described = workers(management, model)
-            pids = {w["pid"] for w in described if w["status"] == "READY"}
-            if len(described) == count and len(pids) == count and not pids & set(exclude):
-                return time.monotonic() - started
-        except (requests.RequestException, ValueError, KeyError, TypeError):
-            pass
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{model}: not {count} READY workers after {timeout} s")
-        time.sleep(0.2)
+def wait_workers(management: str, count: int, model: str = MODEL, exclude: set[int] = frozenset(), timeout: float = 60) -> float:
+    return TorchServeAdmin(management, model).wait_workers(count, exclude=exclude, timeout=timeout)
 
 
 def scale(management: str, count: int, model: str = MODEL, timeout: float = 120) -> None:
-    response = requests.put(f"{management}/models/{model}",
-                            params={"min_worker": count, "max_worker": count, "synchronous": "true"}, timeout=timeout)
-    response.raise_for_status()
-    wait_workers(management, count, model, timeout=timeout)
+    TorchServeAdmin(management, model).scale(count, timeout=timeout)
 
 
-def worker_processes(management: str, model: str = MODEL) -> list[psutil.Process]:
+def worker_processes(admin: TorchServeAdmin) -> list[psutil.Process]:
     found = []
-    for pid in sorted(ready_pids(management, model)):
+    for pid in sorted(admin.ready_pids()):
         try:
             found.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
@@ -329,9 +313,9 @@ def worker_processes(management: str, model: str = MODEL) -> list[psutil.Process
     return found
 
 
-def rss(management: str, model: str = MODEL) -> dict:
+def rss(admin: TorchServeAdmin) -> dict:
     """Resident memory in MB of the frontend (the workers' parent, the JVM) and of the model's workers."""
-    procs = worker_processes(management, model)
+    procs = worker_processes(admin)
     frontend = procs[0].parent() if procs else None
     mb = 1 << 20
     try:
@@ -339,18 +323,18 @@ def rss(management: str, model: str = MODEL) -> dict:
                 "workers_mb": round(sum(p.memory_info().rss for p in procs) / mb, 1),
                 "worker_pids": [p.pid for p in procs]}
     except psutil.NoSuchProcess:  # a worker went away while we looked: look again
-        return rss(management, model)
+        return rss(admin)
 
 
-def kill_worker(management: str, model: str = MODEL, timeout: float = 60) -> dict:
+def kill_worker(admin: TorchServeAdmin, timeout: float = 60) -> dict:
     """kill -9 one READY worker; wait until TorchServe has replaced it. Returns the pid and when."""
-    before = ready_pids(management, model)
+    before = admin.ready_pids()
     victim = psutil.Process(min(before))
     killed_at = time.monotonic()
     victim.kill()
-    replaced_s = wait_workers(management, len(before), model, exclude={victim.pid}, timeout=timeout)
+    replaced_s = admin.wait_workers(len(before), exclude={victim.pid}, timeout=timeout)
     return {"pid": victim.pid, "killed_at": killed_at, "replaced_s": round(replaced_s, 2),
-            "new_pids": sorted(ready_pids(management, model) - before)}
+            "new_pids": sorted(admin.ready_pids() - before)}
 
 
 def recovery(stats: LoadStats, kill: dict, baseline_s: float = 5.0, horizon_s: float = 10.0, fraction: float = 0.5) -> dict:
@@ -380,11 +364,12 @@ def soak(inference: str, management: str, batch: list[Request], concurrency: int
     """Load for `seconds` (longer if a worker replacement needs it: every kill is followed by at
     least `min_tail` seconds of load), killing a worker at each second of `kill_at`; memory sampled
     after `warmup`, every 10 s and just before the load stops. Returns the figures."""
+    admin = TorchServeAdmin(management, model)
     kills, memory, samples, sampling_done = [], {}, [], threading.Event()
     load = BackgroundLoad(inference, batch, concurrency, timeout).start()
 
     def sample_memory() -> dict:
-        sample = rss(management, model)
+        sample = rss(admin)
         samples.append({"t_s": round(time.monotonic() - load.stats.started, 1),
                         "frontend_mb": sample["frontend_mb"], "workers_mb": sample["workers_mb"]})
         return sample
@@ -400,7 +385,7 @@ def soak(inference: str, management: str, batch: list[Request], concurrency: int
         sampler.start()
         for at in sorted(kill_at):
             time.sleep(max(0.0, load.stats.started + at - time.monotonic()))
-            kill = kill_worker(management, model)
+            kill = kill_worker(admin)
             log(f"killed worker {kill['pid']} at {at:.0f} s; replaced in {kill['replaced_s']} s")
             kills.append(kill)
         end = max(load.stats.started + seconds, *(k["killed_at"] + k["replaced_s"] + min_tail for k in kills), 0)
@@ -500,7 +485,7 @@ def main() -> None:
             inference, management = server.inference, server.management
             print(f"private TorchServe: {inference}", flush=True)
         if worker_count:
-            scale(management, worker_count)
+            TorchServeAdmin(management).scale(worker_count)
         print(f"soak: {args.minutes} min, {args.concurrency} clients, kills at {[round(k) for k in kill_at]} s", flush=True)
         report = soak(inference, management, batch, args.concurrency, seconds, args.warmup, kill_at,
                       log=lambda line: print(line, flush=True))

@@ -90,18 +90,13 @@ def predict_version(ts, path: str) -> str:
     return response.json()["model_version"]
 
 
-def manage(ts, method: str, path: str) -> requests.Response:
-    return requests.request(method, ts.management + path, timeout=120)
-
-
 def test_register_route_promote_rollback_unregister_without_a_failed_request(ts):
     with Traffic(ts, ["/predictions/sentiment", "/predictions/sentiment/1"]) as traffic:
         traffic.wait_for("/predictions/sentiment", "1")
 
-        # Register v2 beside v1: v1 stays the default.
-        response = manage(ts, "POST", f"/models?url={V2_MAR}&synchronous=true")
-        assert response.status_code == 200, response.text
-        versions = {m["modelVersion"]: m for m in manage(ts, "GET", "/models/sentiment/all").json()}
+        # Register v2 beside v1: v1 stays the default. (Every admin call raises if TorchServe refuses.)
+        ts.admin.register(V2_MAR)
+        versions = {m["modelVersion"]: m for m in ts.admin.describe(version="all")}
         assert set(versions) == {"1", "2"}
         assert any(w["status"] == "READY" for w in versions["2"]["workers"])
 
@@ -115,22 +110,19 @@ def test_register_route_promote_rollback_unregister_without_a_failed_request(ts)
         assert [p["probability"] for p in one["predictions"]] != [p["probability"] for p in two["predictions"]]
 
         # Promote v2: unversioned requests go to v2 from now on.
-        response = manage(ts, "PUT", "/models/sentiment/2/set-default")
-        assert response.status_code == 200, response.text
+        ts.admin.set_default("2")
         assert predict_version(ts, "/predictions/sentiment") == "2"
         traffic.wait_for("/predictions/sentiment", "2")
         assert predict_version(ts, "/predictions/sentiment/1") == "1"  # v1 still answers when asked for
 
         # Roll back to v1.
-        response = manage(ts, "PUT", "/models/sentiment/1/set-default")
-        assert response.status_code == 200, response.text
+        ts.admin.set_default("1")
         assert predict_version(ts, "/predictions/sentiment") == "1"
         traffic.wait_for("/predictions/sentiment", "1")
 
         # Retire v2; v1 keeps serving.
-        response = manage(ts, "DELETE", "/models/sentiment/2")
-        assert response.status_code == 200, response.text
-        assert [m["modelVersion"] for m in manage(ts, "GET", "/models/sentiment/all").json()] == ["1"]
+        ts.admin.unregister(version="2")
+        assert [m["modelVersion"] for m in ts.admin.describe(version="all")] == ["1"]
         assert requests.post(ts.inference + "/predictions/sentiment/2", json=REVIEW, timeout=30).status_code == 404
         traffic.wait_for("/predictions/sentiment", "1")
         traffic.wait_for("/predictions/sentiment/1", "1")
