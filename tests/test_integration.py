@@ -152,18 +152,25 @@ def test_scale_workers_while_serving(server):
     assert len(answered) >= answered_at_last_change + 10, "requests were not answered after scaling"
 
 
-def test_describe_model_shows_the_archive_settings(server, signature):
+def test_describe_model_shows_the_archive_settings(server, signature, model_config):
+    """The server runs with model-config.yaml's values (packed into the .mar), not TorchServe's defaults."""
     (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
     assert description["modelVersion"] == signature.version
-    assert description["batchSize"] > 1 and description["responseTimeout"] > 0
+    settings = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+    assert set(settings) <= set(model_config), f"model-config.yaml lacks {set(settings) - set(model_config)}"
+    assert {key: description[key] for key in settings} == {key: model_config[key] for key in settings}
+    assert len(description["workers"]) == model_config["minWorkers"]  # left as shipped by every test using `server`
 
 
-def test_metrics_are_prometheus_text(server):
-    predict(server, {"text": POSITIVE[0]})
-    response = requests.get(server.metrics + "/metrics", timeout=10)
-    assert response.status_code == 200
-    assert "# TYPE ts_inference_requests_total counter" in response.text
-    assert 'ts_inference_requests_total{model_name="sentiment"' in response.text
+def test_metrics_are_prometheus_text(server, scrape, await_metrics):
+    def requests_counted(metrics):
+        return {"sentiment": metrics.value("ts_inference_requests", model_name="sentiment")}
+
+    before = requests_counted(scrape(server))["sentiment"]
+    assert predict(server, {"text": POSITIVE[0]}).status_code == 200
+    after = await_metrics(server, requests_counted, {"sentiment": before + 1})
+    assert after == {"sentiment": before + 1}
+    assert scrape(server).type("ts_inference_requests") == "counter"
 
 
 def test_stop_leaves_no_process():
