@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import train
 from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -32,6 +33,23 @@ def small_model() -> SentimentClassifier:
 @pytest.fixture(scope="module")
 def scripted(export_dir, signature):
     return torch.jit.load(str(export_dir / signature.model_file)).eval()
+
+
+@pytest.fixture(scope="module")
+def eager(export_dir) -> SentimentClassifier:
+    """The trained model as train.py saved it (build/v1/checkpoint.pt), in eager mode: what model.pt was exported from."""
+    checkpoint = torch.load(export_dir.parent / "checkpoint.pt", weights_only=True)
+    model = SentimentClassifier(ModelConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """The held-out test split's texts and labels (real reviews the model never trained on)."""
+    texts, labels, _ = train.load_dataset()
+    test = train.split(len(texts))["test"]
+    return [texts[i] for i in test], [labels[i] for i in test]
 
 
 def test_to_tensors_are_int64():
@@ -124,3 +142,22 @@ def test_exported_feature_scale_signs_follow_sentiment_words(scripted, vocab_ind
         pos, neg = scripted(*to_tensors(*encoder.batch([TEXTS[0], TEXTS[3]])))
     assert pos > 0 > neg
     assert encoder(TEXTS[0])  # sanity: the review is not an empty bag
+
+
+def test_exported_core_scores_real_reviews_as_the_eager_model_does(scripted, eager, encoder, held_out, signature):
+    """model.pt (TorchScript, as the handler loads it) and the trained eager model give the same logits on
+    the 1,066 held-out reviews and the texts above, and the exported core has the accuracy the signature records."""
+    texts, labels = held_out
+    texts = texts + TEXTS
+    assert isinstance(scripted, torch.jit.ScriptModule) and not isinstance(eager, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        inputs = to_tensors(*encoder.batch(texts))
+        exported, trained = scripted(*inputs), eager(*inputs)
+        one_by_one = torch.cat([scripted(*to_tensors(*encoder.batch([t]))) for t in texts[:50]])
+    assert exported.shape == trained.shape == (len(texts),)
+    assert torch.allclose(exported, trained, atol=1e-5, rtol=0), (exported - trained).abs().max().item()
+    assert torch.allclose(one_by_one, trained[:50], atol=1e-5, rtol=0)
+    assert trained.std() > 1  # real scores, not a constant: the comparison means something
+    predicted = (torch.sigmoid(exported[: len(labels)]) >= signature.threshold).long()
+    accuracy = (predicted == torch.tensor(labels)).float().mean().item()
+    assert round(accuracy, 4) == signature.metrics["test"]["accuracy"]
