@@ -1,109 +1,207 @@
-"""Closed-loop HTTP load generator: N concurrent asyncio workers, one aiohttp session, keep-alive.
+"""The one closed-loop HTTP load generator (asyncio + aiohttp, keep-alive), for `make bench` and `make soak`.
 
     .venv/bin/python bench/loadgen.py --url http://127.0.0.1:8080/predictions/sentiment \
         --bodies bodies.json --concurrency 8 --warmup 1 --duration 4
 
-Each worker sends its next request as soon as the previous one is answered. Requests cycle through
-the bodies in --bodies (a JSON list of strings, sent as application/json); without --bodies it sends
-GETs. Only requests that complete inside the measuring window (after the warm-up) are counted.
-Prints "MEASURING" when the window opens, then one JSON line with the result: throughput, latency
-percentiles, non-200 and failed requests, and this process's own CPU time in the window.
+Closed loop: `concurrency` clients share one aiohttp session; each sends its next request as soon as
+the previous one is answered, cycling through a list of requests (`closed_loop`). Every answer is
+checked: a 200 whose body does not have the expected shape counts as an error ("200:bad_body"), so
+a server that answers fast but wrongly cannot win a benchmark. Latency percentiles have one
+definition, the nearest rank (`percentile`), in every report.
+
+As a command (bench/run.py runs it in a process of its own), it sends the bodies in --bodies (a
+JSON list of strings) as application/json {"text": ...} requests, or GETs without --bodies. Only
+requests that complete inside the measuring window (after the warm-up) count. It prints "MEASURING"
+when the window opens, then one JSON line: throughput, latency percentiles, errors, and this
+process's own CPU time in the window. scripts/soak.py runs `closed_loop` in a thread with counters
+of its own.
 """
 
 import argparse
 import asyncio
 import json
-import os
+import math
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
+JSON, PLAIN_TEXT = "application/json", "text/plain"
+TIMEOUT = 30.0  # s per request: well above TorchServe's responseTimeout (10 s), so a hang shows as a timeout
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request: path on the server, raw body, Content-Type (None: no header). `form` is
+    the answer shape expected on success ("text", "texts", "v2", "ping"); None: any answer body."""
+
+    path: str
+    body: bytes = b""
+    content_type: str | None = JSON
+    form: str | None = "text"
+    method: str = "POST"
+
+
+@dataclass
+class Outcome:
+    status: int | None  # None: no HTTP answer (connection error, client timeout)
+    body: bytes
+    error: str | None  # client-side failure, e.g. "ServerDisconnectedError"
+    seconds: float
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def kind(self, form: str | None = None) -> str:
+        """"ok", "<status>:<kind or type>" for an error answer, or the client-side exception name.
+        A 200 whose body does not have the shape of `form` is "200:bad_body"."""
+        if self.status is None:
+            return self.error or "no_answer"
+        body = self.json()
+        if self.status == 200:
+            return "ok" if form is None or answer_has_shape(body, form) else "200:bad_body"
+        detail = (body.get("kind") or body.get("type")) if isinstance(body, dict) else None
+        return f"{self.status}:{detail}" if detail else str(self.status)
+
+
+def answer_has_shape(body, form: str) -> bool:
+    if not isinstance(body, dict):
+        return False
+    if form == "text":
+        return body.get("label") in ("negative", "positive") and isinstance(body.get("probability"), float)
+    if form == "texts":
+        return isinstance(body.get("predictions"), list) and all("label" in p for p in body["predictions"])
+    if form == "ping":
+        return body.get("status") == "Healthy"
+    return isinstance(body.get("outputs"), list) and len(body["outputs"]) == 2
+
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest rank: the smallest value with at least q % of the values at or below it."""
     if not sorted_values:
         return None
-    rank = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
+    return sorted_values[min(len(sorted_values), max(1, math.ceil(q / 100 * len(sorted_values)))) - 1]
 
 
-async def run(url: str, bodies: list[bytes] | None, concurrency: int, warmup: float, duration: float,
-              max_requests: int, timeout: float) -> dict:
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, ttl_dns_cache=None)
-    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
-    headers = {"Content-Type": "application/json"}
+def latency_ms(seconds: list[float]) -> dict:
+    """mean, p50, p90, p99 and max of latencies given in seconds, in milliseconds."""
+    ordered = sorted(seconds)
+    ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
+    return {"mean": ms(sum(ordered) / len(ordered)) if ordered else None,
+            **{f"p{q}": ms(percentile(ordered, q)) for q in (50, 90, 99)},
+            "max": ms(ordered[-1] if ordered else None)}
+
+
+def client_session(concurrency: int, timeout: float = TIMEOUT) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=None),
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
+
+
+async def send(session: aiohttp.ClientSession, base_url: str, request: Request) -> Outcome:
+    """One request; never raises for a failed request (its Outcome says what happened)."""
+    headers = {"Content-Type": request.content_type} if request.content_type else {}
+    skip = () if request.content_type else ("Content-Type",)  # aiohttp would add application/octet-stream
+    started = time.monotonic()
+    try:
+        async with session.request(request.method, base_url + request.path, data=request.body or None,
+                                   headers=headers, skip_auto_headers=skip) as response:
+            body = await response.read()
+            return Outcome(response.status, body, None, time.monotonic() - started)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        return Outcome(None, b"", type(error).__name__, time.monotonic() - started)
+
+
+async def send_all(base_url: str, batch: list[Request], concurrency: int = 32) -> list[Outcome]:
+    """Every request of `batch` at once (up to `concurrency` connections); outcomes in order."""
+    async with client_session(concurrency) as session:
+        return await asyncio.gather(*(send(session, base_url, request) for request in batch))
+
+
+async def closed_loop(base_url: str, batch: list[Request], concurrency: int, keep_going: Callable[[], bool],
+                      on_done: Callable[[Request, Outcome], None], on_send: Callable[[Request], None] | None = None,
+                      timeout: float = TIMEOUT) -> None:
+    """`concurrency` clients, each sending its next request (cycling through `batch`) as soon as the
+    previous one is answered, while keep_going(); the requests in flight then finish. on_send is
+    called as each request goes out, on_done with its outcome."""
+    cursor = iter(range(sys.maxsize))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while keep_going():
+            request = batch[next(cursor) % len(batch)]
+            if on_send:
+                on_send(request)
+            outcome = await send(session, base_url, request)
+            on_done(request, outcome)
+            if outcome.status is None:
+                await asyncio.sleep(0.05)  # no server to talk to: do not spin
+
+    async with client_session(concurrency, timeout) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+
+
+# ---------------------------------------------------------------- the command: one measured point
+
+
+async def measure(base_url: str, batch: list[Request], concurrency: int, warmup: float, duration: float,
+                  max_requests: int, timeout: float) -> dict:
+    """Load for warmup + duration seconds (or until max_requests were sent); the figures of the
+    requests that completed inside the window after the warm-up."""
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    window_start, window_end = started + warmup, started + warmup + duration
+    window_start = loop.time() + warmup
+    window_end = window_start + duration
     latencies: list[float] = []
-    state = {"issued": 0, "cursor": 0, "non_200": 0, "failed": 0, "statuses": {}, "sample": None, "first_error": None}
+    state = {"issued": 0, "non_200": 0, "failed": 0, "bad_body": 0, "statuses": {}, "sample": None, "first_error": None}
     cpu = {}
 
     def open_window() -> None:
         cpu["start"] = time.process_time()
         print("MEASURING", flush=True)
 
-    def close_window() -> None:
-        cpu["end"] = time.process_time()
-
     loop.call_at(window_start, open_window)
-    loop.call_at(window_end, close_window)
+    loop.call_at(window_end, lambda: cpu.setdefault("end", time.process_time()))
 
-    async def worker() -> None:
-        while loop.time() < window_end and state["issued"] < max_requests:
-            state["issued"] += 1
-            t0 = loop.time()
-            status, body = None, b""
-            try:
-                if bodies is None:
-                    async with session.get(url) as response:
-                        status, body = response.status, await response.read()
-                else:
-                    data = bodies[state["cursor"] % len(bodies)]
-                    state["cursor"] += 1
-                    async with session.post(url, data=data, headers=headers) as response:
-                        status, body = response.status, await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-                state["first_error"] = state["first_error"] or repr(error)
-            t1 = loop.time()
-            if not window_start <= t1 < window_end:
-                continue
-            if status is None:
-                state["failed"] += 1
-                continue
-            state["statuses"][status] = state["statuses"].get(status, 0) + 1
-            if status != 200:
-                state["non_200"] += 1
-                state["first_error"] = state["first_error"] or f"HTTP {status}: {body[:200]!r}"
-                continue
-            if state["sample"] is None:
-                state["sample"] = body.decode("utf-8", "replace")[:300]
-            latencies.append(t1 - t0)
+    def on_send(request: Request) -> None:
+        state["issued"] += 1
 
-    try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    finally:
-        await session.close()
+    def on_done(request: Request, outcome: Outcome) -> None:
+        if outcome.status is None:
+            state["first_error"] = state["first_error"] or outcome.error
+        if not window_start <= loop.time() < window_end:
+            return
+        if outcome.status is None:
+            state["failed"] += 1
+            return
+        state["statuses"][outcome.status] = state["statuses"].get(outcome.status, 0) + 1
+        kind = outcome.kind(request.form)
+        if kind != "ok":
+            state["bad_body" if outcome.status == 200 else "non_200"] += 1
+            state["first_error"] = state["first_error"] or f"{kind}: {outcome.body[:200]!r}"
+            return
+        if state["sample"] is None:
+            state["sample"] = outcome.body.decode("utf-8", "replace")[:300]
+        latencies.append(outcome.seconds)
+
+    await closed_loop(base_url, batch, concurrency, lambda: loop.time() < window_end and state["issued"] < max_requests,
+                      on_done, on_send, timeout)
     cpu.setdefault("start", time.process_time())
     cpu.setdefault("end", time.process_time())
     measured = min(duration, max(loop.time() - window_start, 1e-9))
-    latencies.sort()
-    ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
     return {
         "concurrency": concurrency,
         "duration_s": round(measured, 3),
         "requests": len(latencies),
         "throughput_rps": round(len(latencies) / measured, 1),
-        "latency_ms": {
-            "mean": ms(sum(latencies) / len(latencies)) if latencies else None,
-            "p50": ms(percentile(latencies, 50)),
-            "p90": ms(percentile(latencies, 90)),
-            "p99": ms(percentile(latencies, 99)),
-            "max": ms(latencies[-1] if latencies else None),
-        },
-        "errors": state["non_200"] + state["failed"],
+        "latency_ms": latency_ms(latencies),
+        "errors": state["non_200"] + state["failed"] + state["bad_body"],
         "non_200": state["non_200"],
         "failed": state["failed"],
+        "bad_body": state["bad_body"],
         "statuses": {str(k): v for k, v in state["statuses"].items()},
         "issued_total": state["issued"],
         "hit_max_requests": state["issued"] >= max_requests,
@@ -117,7 +215,7 @@ async def run(url: str, bodies: list[bytes] | None, concurrency: int, warmup: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--bodies", help="JSON file: a list of request bodies (strings); omitted: GET")
+    parser.add_argument("--bodies", help="JSON file: a list of request bodies (strings) for POST; omitted: GET")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=4.0)
@@ -125,16 +223,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
     parser.add_argument("--offset", type=int, default=0, help="start position in the body list")
     args = parser.parse_args()
-    bodies = None
+    parts = urlsplit(args.url)
+    base_url, path = f"{parts.scheme}://{parts.netloc}", parts.path + (f"?{parts.query}" if parts.query else "")
     if args.bodies:
         with open(args.bodies) as f:
             texts = json.load(f)
         shift = args.offset % len(texts)
-        bodies = [t.encode("utf-8") for t in texts[shift:] + texts[:shift]]
-    result = asyncio.run(run(args.url, bodies, args.concurrency, args.warmup, args.duration, args.max_requests, args.timeout))
-    result["pid"] = os.getpid()
+        batch = [Request(path, t.encode("utf-8")) for t in texts[shift:] + texts[:shift]]
+    else:
+        batch = [Request(path, content_type=None, form="ping" if path.endswith("/ping") else None, method="GET")]
+    result = asyncio.run(measure(base_url, batch, args.concurrency, args.warmup, args.duration, args.max_requests, args.timeout))
     print(json.dumps(result), flush=True)
-    sys.exit(0)
 
 
 if __name__ == "__main__":

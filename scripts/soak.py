@@ -4,7 +4,7 @@ answer, for minutes on end, and while a worker is killed?
     .venv/bin/python scripts/soak.py --minutes 5 --concurrency 32
     .venv/bin/python scripts/soak.py --minutes 5 --concurrency 32 --kill-worker
 
-A closed-loop asyncio client (aiohttp, keep-alive) sends real reviews (rt-polarity, train.load_dataset)
+The closed-loop client of bench/loadgen.py (aiohttp, keep-alive) sends real reviews (rt-polarity, train.load_dataset)
 in every request form ({"text"}, {"texts"}, text/plain, KServe v2) and counts requests sent,
 answered (any HTTP response) and failed, by kind ("500:inference_error", "ServerDisconnectedError",
 ...). It samples the resident memory of the frontend (JVM) and of the workers after the warm-up,
@@ -17,7 +17,7 @@ By default the run gets a private TorchServe (LocalTorchServe: free loopback por
 on a copy of model_store/sentiment.mar, stopped at the end; --inference/--management point it at
 a running server instead (loopback only).
 
-tests/test_reliability.py runs the short versions through `soak()` and the load client below.
+tests/test_reliability.py runs the short versions through `soak()` and `BackgroundLoad` below.
 """
 
 import argparse
@@ -30,75 +30,27 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The load client is bench/loadgen.py's; Outcome, send and send_all are re-exported for tests/test_reliability.py.
+from bench.loadgen import (JSON, PLAIN_TEXT, TIMEOUT as CLIENT_TIMEOUT, Outcome, Request,  # noqa: E402,F401
+                           closed_loop, latency_ms, send, send_all)
 from local_server import TorchServeAdmin  # noqa: E402
 
-JSON, PLAIN_TEXT = "application/json", "text/plain"
 MODEL = "sentiment"
 MODEL_STORE = ROOT / "model_store"
 RESULTS = ROOT / "bench" / "results" / "soak.json"
-CLIENT_TIMEOUT = 30.0  # s: well above the model's responseTimeout (10 s), so a hang shows as a timeout, not as a slow answer
 BUCKET = 0.25  # s: resolution of the throughput time line
 
 
-# ---------------------------------------------------------------- requests and answers
-
-
-@dataclass(frozen=True)
-class Request:
-    """One HTTP request: path on the inference address, raw body, Content-Type (None: no header).
-    `form` is the answer shape expected on success ("text", "texts", "v2"), None for a request
-    that must be refused."""
-
-    path: str
-    body: bytes
-    content_type: str | None = JSON
-    form: str | None = "text"
-
-
-@dataclass
-class Outcome:
-    status: int | None  # None: no HTTP answer (connection error, client timeout)
-    body: bytes
-    error: str | None  # client-side failure, e.g. "ServerDisconnectedError"
-    seconds: float
-
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-    def kind(self, form: str | None = None) -> str:
-        """"ok", "<status>:<kind or type>" for an error answer, or the client-side exception name.
-        A 200 whose body does not have the shape of `form` is "200:bad_body"."""
-        if self.status is None:
-            return self.error or "no_answer"
-        body = self.json()
-        if self.status == 200:
-            return "ok" if form is None or answer_has_shape(body, form) else "200:bad_body"
-        detail = (body.get("kind") or body.get("type")) if isinstance(body, dict) else None
-        return f"{self.status}:{detail}" if detail else str(self.status)
-
-
-def answer_has_shape(body, form: str) -> bool:
-    if not isinstance(body, dict):
-        return False
-    if form == "text":
-        return body.get("label") in ("negative", "positive") and isinstance(body.get("probability"), float)
-    if form == "texts":
-        return isinstance(body.get("predictions"), list) and all("label" in p for p in body["predictions"])
-    return isinstance(body.get("outputs"), list) and len(body["outputs"]) == 2
+# ---------------------------------------------------------------- requests
 
 
 def predict_path(model: str = MODEL) -> str:
@@ -132,30 +84,6 @@ def load_reviews() -> list[str]:
     return load_dataset()[0]
 
 
-def client_session(concurrency: int, timeout: float = CLIENT_TIMEOUT) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                 timeout=aiohttp.ClientTimeout(total=timeout))
-
-
-async def send(session: aiohttp.ClientSession, base_url: str, request: Request) -> Outcome:
-    """One request; never raises for a failed request (its Outcome says what happened)."""
-    headers = {"Content-Type": request.content_type} if request.content_type else {}
-    skip = () if request.content_type else ("Content-Type",)  # aiohttp would add application/octet-stream
-    started = time.monotonic()
-    try:
-        async with session.post(base_url + request.path, data=request.body, headers=headers, skip_auto_headers=skip) as response:
-            body = await response.read()
-            return Outcome(response.status, body, None, time.monotonic() - started)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-        return Outcome(None, b"", type(error).__name__, time.monotonic() - started)
-
-
-async def send_all(base_url: str, batch: list[Request], concurrency: int = 32) -> list[Outcome]:
-    """Every request of `batch` at once (up to `concurrency` connections); outcomes in order."""
-    async with client_session(concurrency) as session:
-        return await asyncio.gather(*(send(session, base_url, request) for request in batch))
-
-
 # ---------------------------------------------------------------- load and its figures
 
 
@@ -170,6 +98,10 @@ class LoadStats:
         self.examples: dict[str, str] = {}  # the first body or exception seen per error kind
         self.latencies: list[float] = []  # of the successful requests
         self.buckets = defaultdict(lambda: [0, 0])  # BUCKET index since start -> [ok, errors]
+
+    def sending(self, request: Request) -> None:
+        self.sent += 1
+        self.in_flight += 1
 
     def record(self, request: Request, outcome: Outcome) -> None:
         self.in_flight -= 1
@@ -201,43 +133,19 @@ class LoadStats:
         return sum(self.buckets[i][1] for i in range(first, last + 1) if i in self.buckets)
 
     def summary(self, seconds: float) -> dict:
-        latencies = sorted(self.latencies)
-
-        def ms(q: float):
-            return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
-
         return {
             "sent": self.sent, "answered": self.answered, "ok": self.ok,
             "failed_without_answer": self.failed, "in_flight_at_end": self.in_flight,
             "errors": sum(self.errors.values()), "errors_by_kind": dict(self.errors),
             "error_examples": self.examples, "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "seconds": round(seconds, 2), "ok_per_s": round(self.ok / seconds, 1) if seconds else None,
-            "latency_ms": {"p50": ms(0.50), "p99": ms(0.99), "max": ms(1.0)},
+            "latency_ms": latency_ms(self.latencies),
         }
 
 
-async def run_load(base_url: str, batch: list[Request], concurrency: int, stats: LoadStats,
-                   stop: threading.Event, timeout: float = CLIENT_TIMEOUT) -> None:
-    """Closed loop: `concurrency` clients, each sending its next request as soon as the previous one
-    is answered, cycling through `batch`, until `stop` is set (requests in flight then finish)."""
-    cursor = iter(range(sys.maxsize))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        while not stop.is_set():
-            request = batch[next(cursor) % len(batch)]
-            stats.sent += 1
-            stats.in_flight += 1
-            outcome = await send(session, base_url, request)
-            stats.record(request, outcome)
-            if outcome.status is None:
-                await asyncio.sleep(0.05)  # no server to talk to: do not spin
-
-    async with client_session(concurrency, timeout) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-
-
 class BackgroundLoad:
-    """run_load in a thread of its own, so the caller can kill, scale or stop servers meanwhile.
+    """The closed loop (bench/loadgen.py) in a thread of its own, counting into LoadStats, so the
+    caller can kill, scale or stop servers meanwhile; stop() lets the requests in flight finish.
 
         with BackgroundLoad(url, batch, 32) as load: ...; load.stats.ok
     """
@@ -251,7 +159,8 @@ class BackgroundLoad:
 
         def target() -> None:
             try:
-                asyncio.run(run_load(base_url, batch, concurrency, self.stats, self.stop_event, timeout))
+                asyncio.run(closed_loop(base_url, batch, concurrency, lambda: not self.stop_event.is_set(),
+                                        self.stats.record, self.stats.sending, timeout))
             except BaseException as error:  # reported by stop()
                 self.error = error
 

@@ -1,0 +1,81 @@
+"""The benchmark's own parts, without TorchServe: the load generator (against a tiny aiohttp
+server), its percentile, and (below) the request bodies and the provenance of results files."""
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from aiohttp import web
+
+from local_server import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import loadgen  # noqa: E402  (bench/loadgen.py)
+
+
+def test_percentile_is_the_nearest_rank():
+    values = list(range(1, 101))  # 1..100
+    assert loadgen.percentile(values, 50) == 50
+    assert loadgen.percentile(values, 99) == 99
+    assert loadgen.percentile(values, 100) == 100
+    assert loadgen.percentile(values, 0) == 1
+    assert loadgen.percentile([7.0], 99) == 7.0
+    assert loadgen.percentile([], 50) is None
+    assert loadgen.percentile([1, 2, 3, 4], 50) == 2 and loadgen.percentile([1, 2, 3, 4], 51) == 3
+
+
+@pytest.fixture(scope="module")
+def toy_server():
+    """An aiohttp server on a free port: /good answers a prediction, /wrong a 200 with the wrong shape."""
+    async def good(request):
+        await request.read()
+        return web.json_response({"label": "positive", "probability": 0.9, "model_version": "1"})
+
+    async def wrong(request):
+        return web.json_response({"status": "fine"})
+
+    async def ping(request):
+        return web.json_response({"status": "Healthy"})
+
+    app = web.Application()
+    app.add_routes([web.post("/good", good), web.post("/wrong", wrong), web.get("/ping", ping)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def run_loadgen(url: str, tmp_path, *extra: str) -> tuple[list[str], dict]:
+    bodies = tmp_path / "bodies.json"
+    bodies.write_text(json.dumps([json.dumps({"text": f"review {i}"}) for i in range(5)]))
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--concurrency", "4",
+                          "--warmup", "0.2", "--duration", "0.6", *extra, *(["--bodies", str(bodies)] if "/ping" not in url else [])],
+                         capture_output=True, text=True, timeout=60, check=True)
+    lines = run.stdout.strip().splitlines()
+    return lines, json.loads(lines[-1])
+
+
+def test_loadgen_measures_a_window_and_checks_every_answer(toy_server, tmp_path):
+    lines, good = run_loadgen(toy_server + "/good", tmp_path)
+    assert lines[0] == "MEASURING"
+    assert good["requests"] > 0 and good["errors"] == 0 and good["throughput_rps"] > 0
+    assert good["latency_ms"]["p50"] <= good["latency_ms"]["p99"] <= good["latency_ms"]["max"]
+    _, wrong = run_loadgen(toy_server + "/wrong", tmp_path)
+    assert wrong["requests"] == 0 and wrong["bad_body"] > 0 and wrong["errors"] == wrong["bad_body"]
+    _, ping = run_loadgen(toy_server + "/ping", tmp_path)
+    assert ping["requests"] > 0 and ping["errors"] == 0
+    _, bounded = run_loadgen(toy_server + "/good", tmp_path, "--max-requests", "10")
+    assert bounded["issued_total"] == 10 and bounded["hit_max_requests"]
