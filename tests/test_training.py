@@ -1,11 +1,15 @@
 """train.py: the data, the fixed split, deterministic training and a quick accuracy sanity check."""
 
 import hashlib
+import json
 import random
 import re
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 import train
 from text import Encoder, Features, tokenize
@@ -119,23 +123,109 @@ def test_training_is_deterministic_for_a_fixed_seed(small):
     assert not torch.equal(model_c.weight.weight, model_a.weight.weight)
 
 
-def test_short_training_run_clears_the_sanity_bar_on_held_out_data(dataset):
+@pytest.fixture(scope="module")
+def short_run(dataset):
+    """train.train on the whole data set for one epoch: (model, config, vocab, metrics)."""
     texts, labels, _ = dataset
-    model, config, vocab, metrics = train.train(texts, labels, seed=1, epochs=1)
+    return train.train(texts, labels, seed=1, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def training_counts(dataset):
+    """Counted straight from text.Features on the training split alone (no Encoder, no build_vocab):
+    each feature's occurrences, and the number of positive and negative training texts it is in."""
+    texts, labels, _ = dataset
+    occurrences, present = Counter(), {0: Counter(), 1: Counter()}
+    for i in train.split(len(texts))["train"]:
+        grams = train.FEATURES(texts[i])
+        occurrences.update(grams)
+        present[labels[i]].update(set(grams))
+    return occurrences, present
+
+
+def hand_logit(grams, index: dict[str, int], weight: np.ndarray, scale: np.ndarray, bias: float) -> float:
+    """bias + sum of weight * naive-Bayes scale over the text's known features, each occurrence counted."""
+    known = [index[g] for g in grams if g in index]
+    return bias + float(np.sum(weight[known] * scale[known]))
+
+
+def hand_features(text: str) -> list[str]:
+    """text.Features(word_ngram=2, char 2..5) written out for lower-case words and single spaces only."""
+    words = text.split(" ")
+    char_grams = [f"c:{padded[i:i + n]}" for padded in (f" {w} " for w in words)
+                  for n in range(2, 6) for i in range(len(padded) - n + 1)]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])] + char_grams
+
+
+def test_short_training_run_clears_the_sanity_bar_on_held_out_data(dataset, short_run):
+    texts, labels, _ = dataset
+    model, config, vocab, metrics = short_run
     assert not model.training
     assert config.vocab_size == len(vocab) == model.weight.num_embeddings
     assert any(g.startswith("c:") for g in vocab)  # trained on train.FEATURES: character grams too
     assert metrics["best_epoch"] == 1
     assert metrics["test"]["size"] == len(train.split(len(texts))["test"])
     assert metrics["test"]["accuracy"] > 0.7
-    # the reported number is the held-out one: recompute it independently on the fixed test split
-    encoder = Encoder({g: i for i, g in enumerate(vocab)}, train.FEATURES)
+
+
+def test_reported_test_metrics_recomputed_independently_from_the_weights(dataset, short_run, training_counts):
+    """The reported held-out accuracy and AUC, recomputed without train.predict_proba, text.Encoder or the
+    EmbeddingBag: each logit by hand in numpy (bias + sum of weight x NB scale over the text's features),
+    the NB scale itself recounted from the training texts."""
+    texts, labels, _ = dataset
+    model, config, vocab, metrics = short_run
+    index = {g: i for i, g in enumerate(vocab)}
+    weight = model.weight.weight.detach().numpy()[:, 0].astype(np.float64)
+    scale = model.feature_scale.numpy().astype(np.float64)
+    bias = model.bias.item()
+
+    # the NB scale: log((present in positive + 1) / (sum over vocab)) - the same for negative, alpha = 1
+    _, present = training_counts
+    pos = np.array([present[1][g] for g in vocab], dtype=np.float64) + 1
+    neg = np.array([present[0][g] for g in vocab], dtype=np.float64) + 1
+    assert scale == pytest.approx(np.log(pos / pos.sum()) - np.log(neg / neg.sum()), abs=1e-5)
+
     test_idx = train.split(len(texts))["test"]
-    probs = train.predict_proba(model, [texts[i] for i in test_idx], encoder)
-    accuracy = ((probs >= 0.5).long() == torch.tensor([labels[i] for i in test_idx])).float().mean().item()
-    assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
-    # no test text leaked into the vocabulary's training texts: the split's train part has none of them
-    assert not set(test_idx) & set(train.split(len(texts))["train"])
+    logits = np.array([hand_logit(train.FEATURES(texts[i]), index, weight, scale, bias) for i in test_idx])
+    truth = np.array([labels[i] for i in test_idx])
+    assert len(logits) == metrics["test"]["size"] == 1066
+    accuracy = float(np.mean((logits >= 0) == truth))  # probability >= 0.5 <=> logit >= 0
+    assert round(accuracy, 4) == metrics["test"]["accuracy"]
+    assert roc_auc_score(truth, logits) == pytest.approx(metrics["test"]["roc_auc"], abs=1e-4)
+
+
+@pytest.mark.parametrize("text", ["a wonderful film", "dull and lifeless", "not a masterpiece but i loved every minute"])
+def test_logit_by_hand_for_a_few_texts(short_run, text):
+    """Features written out by hand (independent of text.py's code), then the logit from the vocabulary, the
+    NB scale, the weights and the bias: the model with the Encoder's ids must give the same number."""
+    model, _, vocab, _ = short_run
+    grams = hand_features(text)
+    assert Counter(grams) == Counter(train.FEATURES(text))
+    index = {g: i for i, g in enumerate(vocab)}
+    expected = hand_logit(grams, index, model.weight.weight.detach().numpy()[:, 0].astype(np.float64),
+                          model.feature_scale.numpy().astype(np.float64), model.bias.item())
+    encoder = Encoder(index, train.FEATURES)
+    with torch.inference_mode():
+        (logit,) = model(torch.tensor(encoder(text), dtype=torch.long), torch.tensor([0]))
+    assert sum(g in index for g in grams) > 10
+    assert logit.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_vocabulary_has_no_feature_seen_only_in_held_out_texts(dataset, short_run, training_counts, export_dir, signature):
+    """A feature that occurs only in test or validation texts must not be in the vocabulary: neither in the
+    one train.train builds nor in the shipped build/v1 vocabulary. The vocabulary is exactly the training
+    split's features seen MIN_COUNT times."""
+    texts, _, _ = dataset
+    parts = train.split(len(texts))
+    occurrences, _ = training_counts
+    held_out_only = {g for i in parts["test"] + parts["validation"] for g in train.FEATURES(texts[i])} - occurrences.keys()
+    assert len(held_out_only) > 1000  # there is something to leak
+    expected = {g for g, count in occurrences.items() if count >= train.MIN_COUNT}
+    shipped = json.loads((export_dir / signature.vocab_file).read_text())
+    for name, vocab in (("train.train", short_run[2]), ("shipped", shipped)):
+        leaked = held_out_only & set(vocab)
+        assert not leaked, f"{name} vocabulary has {len(leaked)} held-out-only features, e.g. {sorted(leaked)[:5]}"
+        assert len(vocab) == len(set(vocab)) and set(vocab) == expected, name
 
 
 def test_evaluate_scores_a_known_core():
