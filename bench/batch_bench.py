@@ -9,7 +9,8 @@ temporary folder removed at the end. Every case reads it and writes Parquet. row
 model load, read, encode, forward, write (`wall_s` of the CLI adds its interpreter start and imports,
 as a fresh `batch_predict.py` process pays them). Spark is measured cold (first job of a new session: Python workers start, import torch,
 load the model) and warm (the same job again, in the same session, workers and model reused),
-with the input spread over every core. Writes bench/results/batch.json.
+with the input spread over every core. Writes bench/results/batch.json with the git commit it came
+from (bench/provenance.py: from a dirty tree only with --allow-dirty, into bench/results/tmp/).
 """
 
 import argparse
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import batch_predict  # noqa: E402
+from bench.provenance import Provenance  # noqa: E402
 from train import load_dataset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -83,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--http", action="store_true", help="also score through a TorchServe it starts")
     parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--allow-dirty", action="store_true", help="run from a dirty tree; the results go to bench/results/tmp/")
     args = parser.parse_args()
+    run = Provenance(args.allow_dirty)  # refuses a dirty tree now, not after the run
 
     try:
         source = make_input(WORK / f"reviews-{args.rows}.csv", args.rows)
@@ -105,9 +109,12 @@ def main() -> None:
     }
     if args.http:
         results["rows_per_s"]["http"] = results["http"]["rows_per_s"]
-    (RESULTS / "batch.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["provenance"] = run.record()
+    out = run.target(RESULTS / "batch.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["rows_per_s"], indent=2))
-    print(f"-> {RESULTS / 'batch.json'}")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -50,11 +51,12 @@ ROOT = BENCH.parent
 sys.path.append(str(ROOT))  # after bench/, so bench's own modules win
 
 from archive import extract  # noqa: E402  (bench/archive.py)
+from provenance import Provenance  # noqa: E402
 from local_server import AdminError, LocalTorchServe, free_port  # noqa: E402
 
 PY = sys.executable
 RESULTS = BENCH / "results"
-TMP = RESULTS / "tmp"  # git-ignored scratch: request bodies, a private copy of the archive
+TMP = Path(tempfile.mkdtemp(prefix="bench-"))  # scratch, removed at the end: request bodies, a private copy of the archive
 MODEL = "sentiment"
 BUILD = ROOT / "build" / "v1"
 EXPORT = BUILD / "export"
@@ -139,12 +141,10 @@ def versions() -> dict:
 
     from importlib.metadata import version
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
-    git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     return {
         "torch": torch.__version__, "torchserve": version("torchserve"), "torch_model_archiver": version("torch-model-archiver"),
         "onnxruntime": onnxruntime.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__,
         "aiohttp": aiohttp.__version__, "java": java[0] if java else None,
-        "git_head": git("rev-parse", "--short", "HEAD"), "git_dirty_files": git("status", "--porcelain").splitlines(),
     }
 
 
@@ -871,12 +871,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds; optional parts are skipped to stay within it")
     parser.add_argument("--skip-variants", action="store_true", help="no frontend variants (VARIANTS) in the head-to-head")
     parser.add_argument("--quick", action="store_true", help="0.5 s warm-up, 2 s points, no frontend variants: a smoke test")
+    parser.add_argument("--allow-dirty", action="store_true", help="run from a dirty tree; results go to bench/results/tmp/")
     args = parser.parse_args()
+    run = Provenance(args.allow_dirty)  # refuses a dirty tree now, not after the run
     if args.quick:
         args.warmup, args.duration, args.skip_variants = 0.5, 2.0, True
     started = time.monotonic()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(TMP, ignore_errors=True)
     store = TMP / "model_store"
     store.mkdir(parents=True)
     shutil.copyfile(args.mar, store / f"{MODEL}.mar")  # a concurrent `make archive` cannot change it mid-run
@@ -926,7 +926,11 @@ def main() -> None:
     finally:
         results["run_seconds"] = round(time.monotonic() - started, 1)
         results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        (RESULTS / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # whatever was measured, even on failure
+        results["provenance"] = run.record()
+        out = run.target(RESULTS / "results.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")  # whatever was measured, even on failure
+        shutil.rmtree(TMP, ignore_errors=True)
 
     naive_p = [p["probability"] for p in results["naive_sample_predictions"]]
     ts_p = [p["probability"] for p in results["torchserve_sample_predictions"]]
@@ -936,14 +940,15 @@ def main() -> None:
     results["breakdown"] = breakdown(bench.points, results["worker_profile"])
     results["recommended_defaults"] = recommended_defaults(results)
     results["run_seconds"] = round(time.monotonic() - started, 1)
-    plot(results, RESULTS / "throughput_latency.png")
+    results["provenance"] = run.record()
+    out = run.target(RESULTS / "results.json")
+    plot(results, out.with_name("throughput_latency.png"))
     summary = summary_markdown(results)
-    (RESULTS / "summary.md").write_text(summary)
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    shutil.rmtree(TMP, ignore_errors=True)
+    out.with_name("summary.md").write_text(summary)
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print()
     print(summary)
-    log(f"wrote {RESULTS / 'results.json'}, throughput_latency.png, summary.md in {results['run_seconds']:.0f} s")
+    log(f"wrote {out}, throughput_latency.png, summary.md in {results['run_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

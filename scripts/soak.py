@@ -11,7 +11,8 @@ answered (any HTTP response) and failed, by kind ("500:inference_error", "Server
 every 10 s and at the end. With --kill-worker it `kill -9`s one worker at a third and at two thirds
 of the run and measures how long TorchServe takes to replace it, how many requests failed, and how
 long throughput took to recover. Figures are printed and written to bench/results/soak.json (--out),
-with a plot of throughput and memory over the run beside it (soak.png).
+with a plot of throughput and memory over the run beside it (soak.png), and the git commit they came
+from (bench/provenance.py: from a dirty tree only with --allow-dirty, into bench/results/tmp/).
 
 By default the run gets a private TorchServe (LocalTorchServe: free loopback ports, its own TMPDIR)
 on a copy of model_store/sentiment.mar, stopped at the end; --inference/--management point it at
@@ -42,6 +43,7 @@ if str(ROOT) not in sys.path:
 # The load client is bench/loadgen.py's; Outcome, send and send_all are re-exported for tests/test_reliability.py.
 from bench.loadgen import (JSON, PLAIN_TEXT, TIMEOUT as CLIENT_TIMEOUT, Outcome, Request,  # noqa: E402,F401
                            closed_loop, latency_ms, send, send_all)
+from bench.provenance import Provenance  # noqa: E402
 from local_server import TorchServeAdmin  # noqa: E402
 
 MODEL = "sentiment"
@@ -373,7 +375,9 @@ def main() -> None:
     parser.add_argument("--inference", help="inference address of a running TorchServe (default: start a private one)")
     parser.add_argument("--management", help="its management address")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--allow-dirty", action="store_true", help="run from a dirty tree; bench/results/ files go to bench/results/tmp/")
     args = parser.parse_args()
+    run = Provenance(args.allow_dirty)  # refuses a dirty tree now, not after the run
 
     seconds = args.minutes * 60
     kill_at = tuple(seconds * (i + 1) / (args.kills + 1) for i in range(args.kills)) if args.kill_worker else ()
@@ -404,12 +408,13 @@ def main() -> None:
         if store is not None:
             shutil.rmtree(store, ignore_errors=True)
     report.update(minutes=args.minutes, server="private" if server else inference,
-                  finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.out.with_suffix(".png"))
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%S"), provenance=run.record())
+    out = run.target(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in report.items() if k != "ok_per_s_by_second"}, indent=2))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     # Without chaos every request must succeed; with it, failures are expected around each kill.
     sys.exit(1 if report["in_flight_at_end"] or (report["errors"] and not kill_at) else 0)
 

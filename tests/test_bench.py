@@ -15,6 +15,7 @@ from local_server import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import loadgen  # noqa: E402  (bench/loadgen.py)
+import provenance  # noqa: E402  (bench/provenance.py)
 
 
 def test_percentile_is_the_nearest_rank():
@@ -79,3 +80,50 @@ def test_loadgen_measures_a_window_and_checks_every_answer(toy_server, tmp_path)
     assert ping["requests"] > 0 and ping["errors"] == 0
     _, bounded = run_loadgen(toy_server + "/good", tmp_path, "--max-requests", "10")
     assert bounded["issued_total"] == 10 and bounded["hit_max_requests"]
+
+
+# ---------------------------------------------------------------- provenance of results files
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository with one committed file and a bench/results/ folder."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "results.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    return tmp_path
+
+
+def test_results_from_a_clean_tree_go_to_bench_results_with_the_commit(repo):
+    (repo / "bench" / "results" / "results.json").write_text('{"new": 1}\n')  # results themselves do not count
+    (repo / "bench" / "results" / "new.png").write_bytes(b"png")
+    run = provenance.Provenance(root=repo, results=repo / "bench" / "results")
+    assert run.target(repo / "bench" / "results" / "results.json") == (repo / "bench" / "results" / "results.json").resolve()
+    record = run.record()
+    assert record["git_clean"] is True and len(record["git_commit"]) == 40 and record["changed_files"] == []
+
+
+def test_a_dirty_tree_is_refused_unless_allowed_and_then_goes_to_tmp(repo):
+    (repo / "code.py").write_text("x = 2\n")
+    (repo / "untracked.py").write_text("")
+    with pytest.raises(SystemExit, match="--allow-dirty") as refused:
+        provenance.Provenance(root=repo, results=repo / "bench" / "results")
+    assert "code.py" in str(refused.value) and "untracked.py" in str(refused.value)
+    run = provenance.Provenance(allow_dirty=True, root=repo, results=repo / "bench" / "results")
+    results = repo / "bench" / "results"
+    assert run.target(results / "soak.json") == (results / "tmp" / "soak.json").resolve()
+    assert run.target(repo / "elsewhere.json") == (repo / "elsewhere.json").resolve()  # not README-bound: as given
+    record = run.record()
+    assert record["git_clean"] is False and record["changed_files"] == [" M code.py", "?? untracked.py"]
+
+
+def test_a_tree_that_changes_during_the_run_sends_results_to_tmp(repo):
+    run = provenance.Provenance(root=repo, results=repo / "bench" / "results")
+    (repo / "code.py").write_text("x = 3\n")
+    assert run.target(repo / "bench" / "results" / "results.json") == (repo / "bench" / "results" / "tmp" / "results.json").resolve()
+    assert run.record()["git_clean"] is False
