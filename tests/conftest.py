@@ -123,3 +123,9 @@ def scrape():
 def await_metrics():
     """`await_metrics(server, read, expected)`: see `wait_for_metrics`."""
     return wait_for_metrics
+
+
+@pytest.fixture(scope="session")
+def parse_metrics():
+    """`parse_metrics(text)`: Prometheus text (e.g. a curl's answer) as a `Scrape`."""
+    return Scrape
