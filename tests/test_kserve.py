@@ -1,7 +1,9 @@
 """KServe: the InferenceService manifest, the storage layout it points at (deploy/kserve/build_layout.py),
 and the Open Inference Protocol v2 round trip on a real TorchServe, including the layout's own config."""
 
+import ipaddress
 import json
+import re
 import subprocess
 import sys
 import time
@@ -9,11 +11,13 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+import psutil
 import pytest
 import requests
 import yaml
 
-from local_server import ROOT, LocalTorchServe, free_port, read_properties
+from local_server import ROOT, LocalTorchServe, TorchServeAdmin, free_port
+from ts_properties import read_properties
 
 MANIFEST = ROOT / "deploy" / "kserve" / "inference-service.yaml"
 MAR = ROOT / "model_store" / "sentiment.mar"
@@ -93,13 +97,74 @@ def test_layout_holds_every_file_the_runtime_reads(layout, layout_config):
 
 
 def test_layout_config_follows_kserve_conventions(layout_config):
-    assert layout_config["inference_address"] == "http://0.0.0.0:8085"
-    assert layout_config["management_address"] == "http://0.0.0.0:8085"
+    assert layout_config["inference_address"] == "http://127.0.0.1:8085"
+    assert layout_config["management_address"] == "http://127.0.0.1:8085"
     assert layout_config["metrics_address"] == "http://0.0.0.0:8082"
     assert layout_config["install_py_dep_per_model"] == "false"
     assert layout_config["metrics_mode"] == "prometheus"
     assert layout_config["allowed_urls"] == "^$"
     assert "load_models" not in layout_config  # the snapshot loads the model
+
+
+def host_of(setting: str) -> str:
+    """The host a TorchServe address setting binds: a URL (inference_address) or a bare host (grpc_*)."""
+    return urlparse(setting).hostname if "://" in setting else setting
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def test_layout_config_keeps_inference_and_management_on_loopback(layout_config, manifest):
+    """In the pod only the kserve wrapper (same container) may call TorchServe's inference and
+    management APIs: on any other interface anyone on the cluster network could scale the model to
+    zero or describe it, unauthenticated (token authorization is off). Only metrics may listen
+    beyond loopback, for Prometheus."""
+    api_keys = ("inference_address", "management_address", "grpc_inference_address", "grpc_management_address")
+    for key in api_keys:  # all named explicitly, not left to TorchServe's defaults
+        assert is_loopback(host_of(layout_config[key])), (key, layout_config[key])
+    other = [k for k in layout_config if k.endswith("_address") and k not in api_keys + ("metrics_address",)]
+    assert not other, f"an address this test does not know: {other}"
+    assert layout_config["disable_token_authorization"] == "true" and layout_config["enable_model_api"] == "false"
+    # enable_envvars_config lets TS_* variables override the file: the manifest must not move an address.
+    env = [e["name"] for e in manifest["spec"]["predictor"]["model"].get("env", [])]
+    assert not [name for name in env if name.startswith("TS_") and ("ADDRESS" in name or "PORT" in name)], env
+
+
+def test_comments_quote_the_shipped_worker_and_batch_settings():
+    """Comments in the deployment files that quote worker or batching numbers agree with
+    model-config.yaml (the archive's settings, which the layout's snapshot copies)."""
+    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    words = {"one": 1, "two": 2, "three": 3, "four": 4}
+    patterns = {  # what a phrase claims -> the model-config.yaml key it must match
+        r"\b(minWorkers|maxWorkers|batchSize|maxBatchDelay)[:= ]+(\d+)": None,
+        r"\b(\d+|one|two|three|four) workers?\b": "minWorkers",
+        r"\bbatch(?:es)?(?: size)?(?: of)? (\d+)\b": "batchSize",
+        r"\b(\d+) ?ms(?: batch)? delay\b|\bbatch \d+ / (\d+) ?ms\b": "maxBatchDelay",
+    }
+    files = [MANIFEST, ROOT / "deploy" / "kserve" / "build_layout.py", ROOT / "config.properties"]
+    wrong = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for pattern, key in patterns.items():
+                for match in re.finditer(pattern, line, re.IGNORECASE):
+                    groups = [g for g in match.groups() if g]
+                    claimed_key = key or next(k for k in shipped if k.lower() == groups[0].lower())
+                    value = groups[-1].lower()
+                    if int(words.get(value, value)) != shipped[claimed_key]:
+                        wrong.append(f"{path.name}:{number}: {match.group(0)!r}, model-config.yaml has {claimed_key}: {shipped[claimed_key]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_read_properties_reads_what_torchserve_reads(tmp_path):
+    """TorchServe reads config.properties with java.util.Properties: `key: value` and `key value`
+    set a key too, `!` starts a comment, a backslash continues a line. A reader that missed these
+    could pass a security check on a file TorchServe reads differently."""
+    path = tmp_path / "config.properties"
+    path.write_text("! a comment\n  # another\nmanagement_address: http://0.0.0.0:8081\ninference_address http://0.0.0.0:8080\n"
+                    "allowed_urls=^$\nmodel_snapshot={\"a\": \\\n    1}\nkey\\=with\\:escapes = x\\u0041\n")
+    assert read_properties(path) == {"management_address": "http://0.0.0.0:8081", "inference_address": "http://0.0.0.0:8080",
+                                     "allowed_urls": "^$", "model_snapshot": '{"a": 1}', "key=with:escapes": "xA"}
 
 
 def test_snapshot_matches_the_archive(layout_config):
@@ -117,12 +182,24 @@ def test_snapshot_matches_the_archive(layout_config):
 
 @pytest.fixture(scope="module")
 def layout_server(layout, layout_config):
-    """TorchServe started as the runtime starts it (the layout's config and model store), with only
-    the addresses moved to free loopback ports and TS_SERVICE_ENVELOPE blank as in the manifest."""
-    moved = ("inference_address", "management_address", "metrics_address", "model_store")  # LocalTorchServe sets these
-    settings = {k: v for k, v in layout_config.items() if k not in moved}
-    settings.update(grpc_inference_port=free_port(), grpc_management_port=free_port())  # the layout names 7070/7071
+    """TorchServe started as the runtime starts it (the layout's config and model store, with
+    TS_SERVICE_ENVELOPE blank as in the manifest), on free ports but on the layout's own hosts, with
+    inference and management sharing one port as they share 8085 in the pod. Metrics alone are moved
+    to loopback: the layout opens them to the pod network, which a test must not do to this machine's."""
+    api, metrics = free_port(), free_port()
+    settings = {k: v for k, v in layout_config.items() if k != "model_store"}  # LocalTorchServe sets the store
+    for key in ("inference_address", "management_address"):
+        address = urlparse(layout_config[key])
+        settings[key] = f"{address.scheme}://{address.hostname}:{api}"
+    settings.update(metrics_address=f"http://127.0.0.1:{metrics}",
+                    grpc_inference_port=free_port(), grpc_management_port=free_port())  # the layout names 7070/7071
     ts = LocalTorchServe(layout / RUNTIME_STORE, models="", config=settings, env={"TS_SERVICE_ENVELOPE": ""})
+    # LocalTorchServe's URLs name the ports it picked; the config above moved the servers elsewhere.
+    ts.inference = ts.management = f"http://127.0.0.1:{api}"
+    ts.metrics = f"http://127.0.0.1:{metrics}"
+    ts.admin = TorchServeAdmin(ts.management)
+    ts.ports = {"api": api, "metrics": metrics, "grpc_inference": settings["grpc_inference_port"],
+                "grpc_management": settings["grpc_management_port"]}
     try:
         ts.start()
         deadline = time.monotonic() + 120
@@ -161,6 +238,15 @@ def test_layout_server_answers_v2_on_the_kserve_path(layout_server, signature):
         assert labels["shape"] == [4]
         expected = ["positive", "negative", "positive", "negative"]
         assert labels["data"] == expected[i % 4:] + expected[: i % 4]
+
+
+def test_layout_server_listens_on_loopback_only(layout_server):
+    """TorchServe binds what the layout says: the REST APIs on one loopback port (8085 in the pod),
+    gRPC on loopback; nothing else listens (metrics were moved to loopback by the fixture)."""
+    listening = [c.laddr for c in layout_server.frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert {address.port for address in listening} == {int(port) for port in layout_server.ports.values()}, listening
+    assert all(is_loopback(address.ip.removeprefix("::ffff:")) for address in listening), listening
+    assert requests.get(layout_server.management + "/models/sentiment", timeout=5).status_code == 200
 
 
 # --- the v2 round trip on the shipped server ------------------------------------------------------

@@ -10,13 +10,17 @@ Copy the folder to the bucket or PVC that deploy/kserve/inference-service.yaml n
 storageUri; KServe's storage initializer puts it at /mnt/models, and the runtime starts
 `torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`.
 
-The settings start from the repository's config.properties (limits, metrics, security) and apply
-KServe's conventions on top: listen on 0.0.0.0 (the pod network; KServe's own model server in the
-same container takes client traffic on 8080 and forwards it to TorchServe on 8085), metrics on 8082
-(the port the runtime's Prometheus annotations name), gRPC on 7070/7071, TS_* environment
-variables honoured, no per-model pip install, and the models listed in a model_snapshot instead of
-load_models. The snapshot's worker and batching settings come from the archive's own
-model-config.yaml, so the pod serves exactly as the archive was built to.
+The settings start from the repository's config.properties (limits, metrics, allowed_urls) and apply
+KServe's conventions on top: KServe's own model server (the kserve wrapper) in the same container
+takes client traffic on 8080 and forwards it to TorchServe on 8085 over loopback, so TorchServe's
+inference and management APIs (both on 127.0.0.1:8085) and its gRPC ports (7070/7071) listen on
+127.0.0.1 only: nothing outside the pod can reach them, so no one on the cluster network can scale,
+describe or unregister the model. Only the metrics API (8082, the port the runtime's Prometheus
+annotations name) listens on every interface, for scraping. Token authorization stays off in the pod
+(see KSERVE below for why loopback is the boundary), TS_* environment variables are honoured, there
+is no per-model pip install, the model-control API is off, and the models are listed in a
+model_snapshot instead of load_models. The snapshot's worker and batching settings come from the
+archive's own model-config.yaml, so the pod serves exactly as the archive was built to.
 """
 
 import argparse
@@ -31,25 +35,39 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from local_server import read_properties  # noqa: E402
+from ts_properties import read_properties  # noqa: E402
 
 MODEL_STORE = "/mnt/models/model-store"  # where KServe's storage initializer puts <storageUri>/model-store
 CONFIG_PATH = "config/config.properties"
 MAR_DIR = "model-store"
 
-# Taken over unchanged from config.properties (everything else there is per-machine).
-KEPT = ("disable_token_authorization", "allowed_urls", "metrics_mode", "model_metrics_auto_detect",
+# Taken over unchanged from config.properties (everything else there is per-machine or set below).
+KEPT = ("allowed_urls", "metrics_mode", "model_metrics_auto_detect",
         "max_request_size", "max_response_size", "default_response_timeout")
 
+LOOPBACK = "127.0.0.1"
+
 KSERVE = {
-    # KServe's documented TorchServe config: both REST APIs on 8085 (the kserve wrapper in the
-    # container serves 8080 and forwards there), metrics on 8082, gRPC on 7070/7071.
-    "inference_address": "http://0.0.0.0:8085",
-    "management_address": "http://0.0.0.0:8085",
-    "metrics_address": "http://0.0.0.0:8082",
+    # KServe's TorchServe ports: both REST APIs on 8085 (the kserve wrapper in the container serves
+    # 8080 and forwards to the inference_address it reads from this file), metrics on 8082, gRPC on
+    # 7070/7071. Inference, management and gRPC listen on loopback only: the wrapper, in the same
+    # container, is their only client, and on any other interface anyone on the cluster network could
+    # scale the model to zero or describe it, bypassing KServe.
+    "inference_address": f"http://{LOOPBACK}:8085",
+    "management_address": f"http://{LOOPBACK}:8085",
+    "grpc_inference_address": LOOPBACK,
+    "grpc_management_address": LOOPBACK,
     "grpc_inference_port": "7070",
     "grpc_management_port": "7071",
+    # Metrics alone on every interface, for Prometheus: read-only counters and histograms.
+    "metrics_address": "http://0.0.0.0:8082",
     "enable_metrics_api": "true",
+    # Token authorization off, deliberately and explicitly (not inherited from the local config).
+    # The APIs it would guard are reachable only from inside the pod (loopback), and their client is
+    # the wrapper: TorchServe generates its keys inside the pod at start (key_file.json) and expires
+    # them every 60 minutes, so the manifest cannot hand them to the wrapper. Authenticate clients
+    # where they enter, at KServe's ingress.
+    "disable_token_authorization": "true",
     # The runtime passes settings as TS_* environment variables (e.g. TS_SERVICE_ENVELOPE, see below).
     "enable_envvars_config": "true",
     # The archive carries no requirements.txt; the runtime image has torch and our imports.
@@ -67,8 +85,8 @@ ENVELOPE_NOTE = """\
 # otherwise set to kservev2 for protocolVersion v2): handler.py reads and answers the KServe v2
 # (Open Inference Protocol) body itself. TorchServe's kservev2 envelope would break it: it parses
 # only the first request of a batch (body_list[0]) and keeps only the first element of a BYTES
-# input, so with batchSize 16 the other requests of a batch, and every text after the first,
-# would be lost.
+# input, so with the archive's batching (batchSize in the snapshot below) the other requests of a
+# batch, and every text after the first, would be lost.
 """
 
 

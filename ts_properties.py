@@ -1,0 +1,77 @@
+"""TorchServe's config.properties: reading one as TorchServe (java.util.Properties) reads it, and the
+request-size limit the serving contract implies. Used by local_server.py, deploy/kserve/build_layout.py
+and the tests; no dependencies, so it runs anywhere (the layout builder, a test, a script)."""
+
+from pathlib import Path
+
+# A character inside a JSON string takes at most 12 bytes: a character outside the Basic Multilingual
+# Plane escaped as a UTF-16 surrogate pair, "\ud83d\ude00" (raw UTF-8 needs 4, a \uXXXX escape 6).
+MAX_JSON_BYTES_PER_CHAR = 12
+PER_TEXT_FRAMING = 16  # quotes, comma and pretty-printing whitespace around each text
+ENVELOPE = 64 * 1024  # everything else: keys, a KServe v2 input's name/datatype/shape, its id, whitespace
+
+
+def max_request_bytes(max_texts: int, max_chars: int) -> int:
+    """The largest JSON body a request within the signature's limits (max_texts texts of max_chars
+    characters, in any form: {"texts": [...]}, KServe v2, however escaped) needs: TorchServe's
+    max_request_size must be at least this, or such a request is refused with HTTP 413."""
+    return max_texts * (max_chars * MAX_JSON_BYTES_PER_CHAR + PER_TEXT_FRAMING) + ENVELOPE
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """The settings in a .properties file, parsed by java.util.Properties' rules (what TorchServe
+    reads): `#`/`!` comments, `key=value`, `key: value` or `key value`, backslash line continuations
+    and escapes. A later key overrides an earlier one, as in Java."""
+    settings = {}
+    for line in _logical_lines(Path(path).read_text(encoding="latin-1")):
+        key, value = _split(line)
+        settings[_unescape(key)] = _unescape(value)
+    return settings
+
+
+def _logical_lines(text: str):
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.lstrip(" \t\f")
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:  # an odd number of backslashes: the line continues on the next one
+            pending += line[:-1]
+            continue
+        yield pending + line
+        pending = ""
+    if pending:
+        yield pending
+
+
+def _split(line: str) -> tuple[str, str]:
+    """Key and raw value: the key ends at the first unescaped '=', ':' or whitespace."""
+    i, n = 0, len(line)
+    while i < n and line[i] not in "=: \t\f":
+        i += 2 if line[i] == "\\" else 1
+    key, rest = line[:i], line[i:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t\f")
+    return key, rest
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and i + 6 <= len(text):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
