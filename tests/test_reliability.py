@@ -21,12 +21,13 @@ import pytest
 import requests
 import yaml
 
-from local_server import ROOT, LocalTorchServe, read_properties, server_processes
+from local_server import ROOT, LocalTorchServe, server_processes
 from scripts.soak import (JSON, PLAIN_TEXT, BackgroundLoad, Request, load_reviews, predict_path, ready_pids,
                           review_requests, rss_growth_ok, scale, send_all, soak, wait_workers, workers)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_handler import RAISE_MARKER, SLEEP_MARKER  # noqa: E402
+from ts_properties import max_request_bytes, read_properties  # noqa: E402
 
 MODEL_STORE = ROOT / "model_store"
 FAULT_MODEL = "fault"
@@ -65,6 +66,15 @@ def store(export_dir, tmp_path_factory) -> Path:
                     "--handler", str(Path(__file__).with_name("fault_handler.py")), "--config-file", str(config_file),
                     "--extra-files", ",".join(map(str, extra)), "--export-path", str(folder)], check=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_api_server(store):
+    """TorchServe with the model-control API on (`make serve MODEL_API=on`), serving the one-worker
+    fault archive: what registering from outside the store must still be refused on."""
+    with LocalTorchServe(store, models="fault.mar", config={"enable_model_api": "true"}) as ts:
+        wait_workers(ts.management, 1, FAULT_MODEL)
+        yield ts
 
 
 @pytest.fixture(scope="module")
@@ -253,18 +263,65 @@ def test_content_type_parameters_and_case_are_accepted(server):
 # ---------------------------------------------------------------- 5. limits
 
 
-def test_body_over_max_request_size_is_refused_with_413(server, signature):
+def test_max_request_size_fits_the_largest_request_the_signature_allows(signature):
+    """config.properties' max_request_size is derived from the signature's limits (max_texts texts of
+    max_chars characters, each character up to 12 bytes of JSON): a smaller one refuses requests the
+    signature promises with a bare 413, a larger one only admits bodies the handler refuses anyway."""
+    assert MAX_REQUEST_SIZE == max_request_bytes(signature.max_texts, signature.max_chars)
+
+
+def styled(words: list[str], alphabet: int, separator: str, length: int) -> str:
+    """`words` in another Unicode alphabet (lower-case letters from code point `alphabet`), repeated to
+    `length` characters: NFKC maps them back to ASCII, so the model reads the words themselves."""
+    unit = separator.join("".join(chr(alphabet + ord(c) - ord("a")) for c in word) for word in words) + separator
+    return (unit * (length // len(unit) + 1))[:length]
+
+
+MATH_BOLD, FULLWIDTH = 0x1D41A, 0xFF41  # "𝐚" (outside the BMP, 4 bytes of UTF-8) and "ａ" (BMP, 3 bytes)
+WORST_CASES = {  # name: (alphabet, separator, ensure_ascii, v2, bytes each character takes at least)
+    "utf8_4_bytes": (MATH_BOLD, "\U0001F3AC", False, False, 4),
+    "escaped_bmp_6_bytes": (FULLWIDTH, "\u3000", True, False, 6),
+    "escaped_surrogate_pairs_12_bytes": (MATH_BOLD, "\U0001F3AC", True, False, 12),
+    "v2_escaped_surrogate_pairs_pretty_printed": (MATH_BOLD, "\U0001F3AC", True, True, 12),
+}
+
+
+@pytest.mark.parametrize("case", WORST_CASES)
+def test_largest_request_the_signature_allows_is_answered(server, signature, case):
+    """max_texts texts of max_chars non-ASCII characters each, in the encodings that need the most
+    bytes (raw UTF-8 outside the BMP; \\uXXXX escapes; surrogate-pair escapes, 12 bytes a character,
+    also as a pretty-printed KServe v2 request): each is answered 200 with every prediction, in order.
+    With max_request_size at 1 MiB all of these got a bare 413."""
+    alphabet, separator, ensure_ascii, v2, per_char = WORST_CASES[case]
+    positive = styled(["a", "wonderful", "moving", "beautiful", "film"], alphabet, separator, signature.max_chars)
+    negative = styled(["a", "dull", "tedious", "boring", "mess"], alphabet, separator, signature.max_chars)
+    texts = [positive, negative] * (signature.max_texts // 2) + [positive] * (signature.max_texts % 2)
+    assert all(len(t) == signature.max_chars and not any(c.isascii() for c in t) for t in texts)
+    if v2:
+        body = {"id": "worst-case", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+        path, indent = "/v2/models/sentiment/infer", 2
+    else:
+        body, path, indent = {"texts": texts}, predict_path(), None
+    data = json.dumps(body, ensure_ascii=ensure_ascii, indent=indent).encode()
+    assert signature.max_texts * signature.max_chars * per_char <= len(data) <= MAX_REQUEST_SIZE
+    response = requests.post(server.inference + path, data=data, headers={"Content-Type": JSON}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200, (response.status_code, response.text[:300])
+    if v2:
+        labels = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
+    else:
+        labels = [p["label"] for p in response.json()["predictions"]]
+    assert labels == [signature.labels[int(t is positive)] for t in texts]
+
+
+def test_body_over_max_request_size_is_refused_with_413(server):
     """TorchServe (Netty) refuses a body over max_request_size itself, before the handler: HTTP 413
     with an EMPTY body (not a JSON message). The server keeps serving."""
     body = json.dumps({"text": "a" * (MAX_REQUEST_SIZE + 1)}).encode()
     response = requests.post(server.inference + predict_path(), data=body, headers={"Content-Type": JSON}, timeout=CLIENT_TIMEOUT)
     assert response.status_code == 413
     assert response.content == b""  # what TorchServe 0.12 sends: no explanation in the body
-    # The largest request the signature allows (max_texts texts of max_chars ASCII characters) fits under the limit.
-    largest = json.dumps({"texts": ["good " * (signature.max_chars // 5)] * signature.max_texts}).encode()
-    assert len(largest) < MAX_REQUEST_SIZE
-    response = requests.post(server.inference + predict_path(), data=largest, headers={"Content-Type": JSON}, timeout=CLIENT_TIMEOUT)
-    assert response.status_code == 200 and len(response.json()["predictions"]) == signature.max_texts
+    response = requests.post(server.inference + predict_path(), json={"text": "a fine film"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200
 
 
 def test_more_than_max_texts_is_a_400(server, signature):
@@ -310,6 +367,7 @@ def test_config_binds_loopback_and_documents_token_auth():
     for key in ("grpc_inference_address", "grpc_management_address"):  # a bare host; TorchServe's default is loopback
         assert settings.get(key, "127.0.0.1") == "127.0.0.1", (key, settings[key])
     assert settings["disable_token_authorization"] == "true"  # the documented choice (config.properties comment)
+    assert settings["enable_model_api"] == "false"
     assert settings["allowed_urls"] == "^$"
 
 
@@ -321,38 +379,67 @@ def test_running_server_listens_on_loopback_only(server):
         assert not [c for c in worker.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/evil.mar",
-    "https://127.0.0.1:9/evil.mar",
-    "file:///etc/passwd",
-    f"file://{MODEL_STORE.resolve()}/sentiment.mar",
-    "../x.mar",
-    "../../../../etc/passwd",
-    "/etc/passwd",
-    "not_in_store.mar",
+def models_of(ts: LocalTorchServe) -> list[str]:
+    return [m["modelName"] for m in requests.get(ts.management + "/models", timeout=10).json()["models"]]
+
+
+def register(ts: LocalTorchServe, url: str, name: str) -> requests.Response:
+    return requests.post(ts.management + "/models", params={"url": url, "model_name": name}, timeout=60)
+
+
+@pytest.mark.parametrize("url, refusal", [
+    # allowed_urls=^$ matches no URL: no download, not even of the store's own archive by file://
+    ("http://127.0.0.1:9/evil.mar", "does not match any allowed URL"),
+    ("https://127.0.0.1:9/evil.mar", "does not match any allowed URL"),
+    ("file:///etc/passwd", "does not match any allowed URL"),
+    ("file://{store}/sentiment.mar", "does not match any allowed URL"),
+    # a name is looked up in the store only, without climbing out of it
+    ("../x.mar", "Relative path is not allowed"),
+    ("../../../../etc/passwd", "Relative path is not allowed"),
+    ("/etc/passwd", "Model not found at"),
+    ("not_in_store.mar", "Model not found at"),
 ])
-def test_registering_a_model_from_outside_the_store_is_refused(server, url):
-    response = requests.post(server.management + "/models", params={"url": url, "model_name": "evil"}, timeout=30)
+def test_registering_a_model_from_outside_the_store_is_refused(model_api_server, store, url, refusal):
+    """With the model-control API on, each URL is refused for what it points at (TorchServe's
+    message says why), not because registering is off."""
+    url = url.format(store=store.resolve())
+    response = register(model_api_server, url, "evil")
     try:
-        assert response.status_code >= 400, response.text
-        assert response.json()["message"]
-        assert [m["modelName"] for m in requests.get(server.management + "/models", timeout=10).json()["models"]] == ["sentiment"]
+        assert response.status_code == 404, response.text
+        assert refusal in response.json()["message"], response.text
+        assert models_of(model_api_server) == [FAULT_MODEL]
     finally:
         if response.status_code < 400:
-            requests.delete(server.management + "/models/evil", timeout=30)
+            requests.delete(model_api_server.management + "/models/evil", timeout=30)
 
 
-def test_registering_an_unpacked_model_directory_outside_the_store_is_refused(fault_server, store, tmp_path):
-    """TorchServe 0.12 registers an unpacked model directory given by absolute path whatever
-    allowed_urls says, when the model-control API is on: that is why it is off by default."""
+def test_model_api_on_registers_any_absolute_directory(model_api_server, tmp_path):
+    """Pins the TorchServe 0.12 behaviour README's Security section warns about: with the API on, an
+    absolute directory path is registered whatever allowed_urls says (an empty one, here, with 0
+    workers). If this starts failing, TorchServe closed the hole: update the README."""
+    response = register(model_api_server, str(tmp_path), "outside")
+    try:
+        assert response.status_code == 200, response.text
+        assert "outside" in models_of(model_api_server)
+    finally:
+        if response.status_code < 400:
+            requests.delete(model_api_server.management + "/models/outside", timeout=30)
+
+
+def test_model_control_api_is_off_by_default(server, store, tmp_path):
+    """With the shipped config.properties nothing can be registered: not the store's own
+    sentiment.mar, and not an absolute directory (the hole above)."""
     outside = tmp_path / "unpacked"
     shutil.unpack_archive(store / "sentiment.mar", outside, format="zip")
-    response = requests.post(fault_server.management + "/models", params={"url": str(outside), "model_name": "outside"}, timeout=60)
-    try:
-        assert response.status_code >= 400, response.text
-    finally:
-        if response.status_code < 400:
-            requests.delete(fault_server.management + "/models/outside", timeout=30)
+    for url in ("sentiment.mar", str(outside)):
+        response = register(server, url, "again")
+        try:
+            assert response.status_code == 405, response.text
+            assert "not allowed" in response.json()["message"], response.text
+            assert models_of(server) == ["sentiment"]
+        finally:
+            if response.status_code < 400:
+                requests.delete(server.management + "/models/again", timeout=30)
 
 
 def test_model_control_api_is_not_on_the_inference_port(server):
