@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import re
 import shutil
 import socket
@@ -50,6 +49,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.append(str(ROOT))  # after bench/, so bench's own modules win
 
+import corpus  # noqa: E402  (bench/corpus.py)
 from archive import extract  # noqa: E402  (bench/archive.py)
 from provenance import Provenance  # noqa: E402
 from local_server import AdminError, LocalTorchServe, free_port  # noqa: E402
@@ -61,7 +61,6 @@ MODEL = "sentiment"
 BUILD = ROOT / "build" / "v1"
 EXPORT = BUILD / "export"
 SHIPPED_MAR = ROOT / "model_store" / f"{MODEL}.mar"
-DATA_DIR = ROOT.parent / "shared" / "data" / "rt-polarity"
 
 CONCURRENCY = (1, 8, 32)
 GRID_WORKERS = (1, 2)
@@ -80,38 +79,9 @@ SWEEP_RESERVE_S, VARIANTS_RESERVE_S = 200, 150  # time left needed to start one 
 PREWARM_REQUESTS = 100  # sent one by one after each (re-)registration, before any warm-up
 WARMUP_S, DURATION_S = 1.0, 3.0
 MAX_REQUESTS = 100_000  # per point, warm-up included: a bound far above what 5 s can reach here
-BODIES, LONG_FRACTION, SEED = 2000, 0.2, 0
 
 
 # ---------------------------------------------------------------- inputs and environment
-
-def request_bodies(max_chars: int, n: int = BODIES, long_fraction: float = LONG_FRACTION, seed: int = SEED) -> tuple[list[str], dict]:
-    """JSON bodies {"text": ...} from the rt-polarity data: single snippets (short), and a share of
-    long reviews made of 5-40 snippets of one polarity (cut at the signature's max_chars), in a fixed
-    random order. Read straight from the data files, so no project module is imported here."""
-    rng = random.Random(seed)
-    by_label = {}
-    for name in ("rt-polarity.pos", "rt-polarity.neg"):
-        lines = (DATA_DIR / name).read_bytes().decode("latin-1").splitlines()
-        by_label[name] = [line.strip() for line in lines if line.strip()]
-    snippets = [t for pool in by_label.values() for t in pool]
-    chosen = []
-    for _ in range(n):
-        if rng.random() < long_fraction:
-            pool = by_label[rng.choice(sorted(by_label))]
-            chosen.append(" ".join(rng.sample(pool, rng.randint(5, 40)))[:max_chars])
-        else:
-            chosen.append(rng.choice(snippets))
-    chars = sorted(len(t) for t in chosen)
-    stats = {
-        "count": n, "long_fraction": long_fraction, "seed": seed,
-        "source": f"{DATA_DIR.name}: single snippets, and long reviews of 5-40 snippets of one polarity joined",
-        "chars": {"mean": round(statistics.mean(chars), 1), "p50": chars[n // 2], "p90": chars[int(n * 0.9)],
-                  "max": chars[-1], "min": chars[0]},
-        "body_bytes_mean": round(statistics.mean(len(json.dumps({"text": t}).encode()) for t in chosen), 1),
-    }
-    return [json.dumps({"text": t}) for t in chosen], stats
-
 
 def machine_info() -> dict:
     cpu_model = ""
@@ -883,7 +853,8 @@ def main() -> None:
 
     model_dir = extract(store / f"{MODEL}.mar", TMP / "archive")  # the naive app and in-process parts run this snapshot
     signature = json.loads((model_dir / "signature.json").read_text())
-    bodies, body_stats = request_bodies(signature["max_chars"])
+    texts, body_stats = corpus.mix(signature["max_chars"])
+    bodies = corpus.json_bodies(texts)
     bodies_file = TMP / "bodies.json"
     bodies_file.write_text(json.dumps(bodies))
     results = {

@@ -14,6 +14,7 @@ from aiohttp import web
 from local_server import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
+import corpus  # noqa: E402  (bench/corpus.py)
 import loadgen  # noqa: E402  (bench/loadgen.py)
 import provenance  # noqa: E402  (bench/provenance.py)
 
@@ -127,3 +128,18 @@ def test_a_tree_that_changes_during_the_run_sends_results_to_tmp(repo):
     (repo / "code.py").write_text("x = 3\n")
     assert run.target(repo / "bench" / "results" / "results.json") == (repo / "bench" / "results" / "tmp" / "results.json").resolve()
     assert run.record()["git_clean"] is False
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+def test_bodies_come_from_the_one_loader_whole():
+    """train.load_dataset's snippets, none cut at U+0085 (str.splitlines() made 31 of them two)."""
+    pools = corpus.by_label()
+    assert len(pools[0]) == len(pools[1]) == 5331
+    snippets = pools[0] + pools[1]
+    assert not any("\x85" in t for t in snippets) and sum("\u2026" in t for t in snippets) == 31
+    texts, described = corpus.mix(max_chars=10_000, n=500)
+    assert len(texts) == described["count"] == 500
+    singles = [t for t in texts if t in set(snippets)]
+    assert 0.6 < len(singles) / len(texts) < 0.95 and described["chars"]["max"] <= 10_000
