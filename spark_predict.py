@@ -42,12 +42,17 @@ ROOT = Path(__file__).resolve().parent
 MODULES = ("batch_predict.py", "payload.py", "signature.py", "text.py", "model_def.py")  # what the workers import
 CORRUPT = "_corrupt_record"  # Spark's column for rows it could not parse: they are marked as bad, never dropped
 FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
-# The project pins pandas 3; PySpark 4.3 works with it (tests/test_spark.py checks the results) but warns on every call.
-warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 
 def local_session(master: str = "local[*]") -> SparkSession:
-    """A Spark session whose Python workers run this interpreter (the venv with torch)."""
+    """A Spark session whose Python workers run this interpreter (the venv with torch).
+
+    Starting Spark is what changes the process, never importing this module (other modules and the
+    tests import it): PYSPARK_PYTHON is set here, unless already set, because SparkContext reads the
+    workers' interpreter from it; and PySpark's warning about pandas is silenced from here on: the
+    project pins pandas 3, which PySpark 4.3 works with (tests/test_spark.py checks the results) but
+    warns about on every call."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (

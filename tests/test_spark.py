@@ -1,7 +1,11 @@
 """spark_predict.py: Spark local mode scores a file exactly as the batch CLI does."""
 
+import ast
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +16,35 @@ pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully suppo
 import batch_predict  # noqa: E402
 import spark_predict  # noqa: E402
 from train import load_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT = "(dict(os.environ), [repr(f) for f in warnings.filters])"
+
+
+def test_importing_spark_predict_changes_nothing_process_wide():
+    """Importing spark_predict (tests, bench/batch_bench.py and other modules do) leaves os.environ
+    and the warnings filters as they were; only starting Spark (local_session) may change them. Run
+    in a fresh interpreter, after importing what spark_predict imports (torch, numpy and pyspark add
+    warnings filters of their own), so what is compared is spark_predict's own code."""
+    source = (ROOT / "spark_predict.py").read_text()
+    imports = [ast.get_source_segment(source, node) for node in ast.parse(source).body
+               if isinstance(node, (ast.Import, ast.ImportFrom))]
+    script = "\n".join([
+        "import os, sys, warnings",
+        f"sys.path.insert(0, {str(ROOT)!r})",
+        *imports,
+        f"before = {SNAPSHOT}",
+        "import spark_predict",
+        f"after = {SNAPSHOT}",
+        "changed = {k for k in before[0].keys() | after[0].keys() if before[0].get(k) != after[0].get(k)}",
+        "added = [f for f in after[1] if f not in before[1]]",
+        "print(repr((sorted(changed), added)))",
+    ])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    changed, added = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert changed == [], f"importing spark_predict changed os.environ: {changed}"
+    assert added == [], f"importing spark_predict added warnings filters: {added}"
 
 
 @pytest.fixture(scope="module")
