@@ -1,0 +1,133 @@
+"""Is the served model still fit for purpose? The reference distribution recorded at export, and the
+statistics that compare live traffic with it. Pure Python (no TorchServe, no Prometheus): export.py
+fills `Signature.reference`, deploy/prometheus/generate_rules.py turns it into Prometheus rules that
+compute the same statistics in PromQL, and drift_report.py computes them from Prometheus' API.
+
+The statistic is the population stability index over the served histograms' buckets,
+
+    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
+
+with a_i the live and e_i the reference share of bucket i, each smoothed with half a count per
+bucket (Jeffreys) so that an empty bucket stays finite. PSI is the symmetrised Kullback-Leibler
+divergence, and to second order equal to Pearson's chi-square statistic divided by the sample
+size: with no drift, PSI ~ chi2(K-1) * (1/n + 1/m) for n live and m reference values in K buckets
+(Yurdakul 2018). Its conventional thresholds (Siddiqi 2006, "Credit Risk Scorecards"): below 0.1
+no significant change, 0.1 to 0.25 a moderate shift (look), above 0.25 a significant one (act).
+`MIN_COUNT` live predictions keep chance below those: with K = 10 probability buckets and the
+1,066-review reference, the 99.9th percentile of PSI without drift is 27.9 * (1/400 + 1/1066) =
+0.096 at n = 400, under the 0.1 warning.
+"""
+
+import math
+
+from payload import labelled
+from signature import Signature
+
+# The fixed buckets TorchServe 0.12's frontend gives every Prometheus histogram (the Prometheus Java
+# client's defaults; checked on a running server's /metrics by tests/test_monitoring.py).
+TORCHSERVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Upper bounds ("le") of the bins compared: a probability never exceeds 1, so its buckets above 1
+# are always empty and left out; the input length keeps every bucket and the overflow.
+PROBABILITY_LE = tuple(b for b in TORCHSERVE_BUCKETS if b <= 1.0)
+KCHARS_LE = TORCHSERVE_BUCKETS + (math.inf,)
+HISTOGRAMS = {  # reference key -> (served histogram on /metrics, bin upper bounds)
+    "probability": ("SentimentProbability", PROBABILITY_LE),
+    "input_kchars": ("SentimentInputKiloChars", KCHARS_LE),
+}
+
+SMOOTHING = 0.5  # pseudo-count added to every bin, live and reference alike
+PSI_WARNING = 0.1
+PSI_CRITICAL = 0.25
+POSITIVE_RATE_TOLERANCE = 0.10  # |live - reference| share of positive predictions
+MIN_COUNT = 400  # predictions in the window before any drift verdict
+
+
+def le_label(bound: float) -> str:
+    """A bound as TorchServe writes it in the `le` label: 0.005, 1.0, 10.0, +Inf."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def parse_le(label: str) -> float:
+    return math.inf if label == "+Inf" else float(label)
+
+
+def bin_counts(values: list[float], le: tuple[float, ...]) -> list[int]:
+    """How many values fall in each bin (le[i-1], le[i]]: Prometheus' cumulative buckets, differenced."""
+    counts = [0] * len(le)
+    for value in values:
+        for i, bound in enumerate(le):
+            if value <= bound:
+                counts[i] += 1
+                break
+        else:
+            raise ValueError(f"{value} is above the last bin bound {le[-1]}")
+    return counts
+
+
+def reference_distribution(probabilities: list[float], texts: list[str], signature: Signature,
+                           labels: list[int] | None = None) -> dict:
+    """The test split as the served model sees it, in the served histograms' bins: probabilities
+    (rounded and labelled as the handler answers them), the positive rate, input lengths in
+    thousands of characters; with the true `labels` (1 positive), the probability bins per class."""
+    rounded, predicted = labelled([float(p) for p in probabilities], signature)
+    kchars = [len(text) / 1000 for text in texts]
+    n = len(rounded)
+    probability = {"le": [le_label(b) for b in PROBABILITY_LE], "counts": bin_counts(rounded, PROBABILITY_LE)}
+    if labels is not None:
+        probability["counts_by_label"] = {
+            name: bin_counts([p for p, y in zip(rounded, labels) if y == value], PROBABILITY_LE)
+            for value, name in enumerate(signature.labels)
+        }
+    return {
+        "source": "held-out test split",
+        "n": n,
+        "positive_rate": round(predicted.count(signature.labels[1]) / n, 6),
+        "mean_probability": round(sum(rounded) / n, 6),
+        "mean_kchars": round(sum(kchars) / n, 6),
+        "probability": probability,
+        "input_kchars": {"le": [le_label(b) for b in KCHARS_LE], "counts": bin_counts(kchars, KCHARS_LE)},
+    }
+
+
+def smoothed_shares(counts: list[float], smoothing: float = SMOOTHING) -> list[float]:
+    total = sum(counts) + smoothing * len(counts)
+    return [(c + smoothing) / total for c in counts]
+
+
+def psi(live_counts: list[float], reference_counts: list[float], smoothing: float = SMOOTHING) -> float:
+    """Population stability index of live against reference bin counts (both smoothed)."""
+    if len(live_counts) != len(reference_counts):
+        raise ValueError(f"{len(live_counts)} live bins against {len(reference_counts)} reference bins")
+    live, ref = smoothed_shares(live_counts, smoothing), smoothed_shares(reference_counts, smoothing)
+    return sum((a - e) * math.log(a / e) for a, e in zip(live, ref))
+
+
+def level(value: float, warning: float, critical: float | None = None) -> str:
+    if critical is not None and value > critical:
+        return "critical"
+    return "warning" if value > warning else "ok"
+
+
+def compare(live: dict, reference: dict) -> dict:
+    """Live statistics of one model version against its reference, with a verdict.
+
+    `live`: {"predictions": n, "positive": n, "probability": [bin counts], "input_kchars": [bin
+    counts]}, the increases over one window. Returns each statistic, its level (ok / warning /
+    critical) and `verdict`: "insufficient data" below MIN_COUNT predictions, else the worst level.
+    """
+    n = live["predictions"]
+    result = {"predictions": n, "reference_n": reference["n"]}
+    result["positive_rate"] = live["positive"] / n if n else math.nan
+    result["reference_positive_rate"] = reference["positive_rate"]
+    shift = result["positive_rate"] - reference["positive_rate"]
+    result["positive_rate_level"] = level(abs(shift), POSITIVE_RATE_TOLERANCE) if n else "ok"
+    for key in HISTOGRAMS:
+        counts = live[key]
+        result[f"{key}_psi"] = psi(counts, reference[key]["counts"]) if sum(counts) else math.nan
+        result[f"{key}_level"] = level(result[f"{key}_psi"], PSI_WARNING, PSI_CRITICAL) if sum(counts) else "ok"
+    levels = [result[k] for k in ("positive_rate_level", "probability_level", "input_kchars_level")]
+    if n < MIN_COUNT:
+        result["verdict"] = "insufficient data"
+    else:
+        result["verdict"] = "critical" if "critical" in levels else "warning" if "warning" in levels else "ok"
+    return result

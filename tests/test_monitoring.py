@@ -1,0 +1,361 @@
+"""Continued evaluation watched by a real Prometheus (Debian's `prometheus` package, installed by
+`make test`): the reference distribution in the signature, the statistics, the rules and their
+promtool unit tests, drift_report.py, and a demonstration on a private TorchServe and a private
+Prometheus (free ports, their own temp dirs, 1 s scrapes and rule evaluations, a 10 s window):
+in-distribution traffic raises no alert, only-negative reviews and long reviews do.
+"""
+
+import http.server
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+import drift
+import drift_report
+import train
+from local_server import ROOT, LocalTorchServe, free_port
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+DEMO_WINDOW, DEMO_FOR = "10s", "2s"
+MODEL_STORE = ROOT / "model_store"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: `make prometheus` installs Debian's prometheus package (it brings promtool)"
+    return path
+
+
+# --- the reference and the statistic ---------------------------------------------------------------
+
+def test_signature_holds_the_test_split_in_the_served_buckets(signature):
+    reference = signature.reference
+    assert reference["n"] == signature.metrics["test"]["size"]
+    assert reference["probability"]["le"] == [drift.le_label(b) for b in drift.TORCHSERVE_BUCKETS if b <= 1]
+    assert reference["input_kchars"]["le"] == [drift.le_label(b) for b in drift.TORCHSERVE_BUCKETS] + ["+Inf"]
+    for key in drift.HISTOGRAMS:
+        assert sum(reference[key]["counts"]) == reference["n"]
+    # positives are the probabilities >= 0.5: the bins above the 0.5 bound (a probability of exactly 0.5 is the only slack)
+    above = sum(c for le, c in zip(reference["probability"]["le"], reference["probability"]["counts"]) if float(le) > 0.5)
+    assert abs(above / reference["n"] - reference["positive_rate"]) <= 2 / reference["n"]
+    # rt-polarity snippets: 5 to 500 characters
+    assert sum(reference["input_kchars"]["counts"][:2] + reference["input_kchars"]["counts"][8:]) == 0
+
+
+def test_psi_values():
+    assert drift.psi([10, 20, 30], [10, 20, 30]) == 0
+    assert drift.psi([1, 0], [0, 1]) == pytest.approx(math.log(3))  # shares 3/4, 1/4 against 1/4, 3/4, smoothed by 1/2
+    assert drift.psi([5, 0, 0], [0, 0, 5]) > drift.PSI_CRITICAL
+    with pytest.raises(ValueError):
+        drift.psi([1, 2], [1, 2, 3])
+    assert drift.bin_counts([0.005, 0.0051, 1.0, 0.0], drift.PROBABILITY_LE) == [2, 1] + [0] * 7 + [1]
+
+
+def test_compare_gives_a_verdict_only_with_enough_traffic(signature):
+    reference = signature.reference
+    same = {"predictions": reference["n"], "positive": reference["positive_rate"] * reference["n"],
+            "probability": reference["probability"]["counts"], "input_kchars": reference["input_kchars"]["counts"]}
+    assert drift.compare(same, reference)["verdict"] == "ok"
+    negative = {**same, "positive": 0.1 * reference["n"]}
+    assert drift.compare(negative, reference)["positive_rate_level"] == "warning"
+    assert drift.compare(negative, reference)["verdict"] == "warning"
+    few = {key: (value / 10 if key == "predictions" else value) for key, value in negative.items()}
+    assert drift.compare(few, reference)["verdict"] == "insufficient data"
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+
+def test_promtool_unit_tests_pass():
+    """Every rule file's unit tests: each alert fires on drifted or failing series, stays silent on normal ones and across a restart."""
+    tests = sorted(str(p) for p in (PROMETHEUS_DIR / "tests").glob("*.test.yml"))
+    assert {Path(t).name for t in tests} == {"drift.test.yml", "health.test.yml"}
+    run = subprocess.run([tool("promtool"), "test", "rules", *tests], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("SUCCESS") == 2, run.stdout
+
+
+def test_prometheus_config_and_rules_are_valid():
+    run = subprocess.run([tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 rule files found" in run.stdout
+
+
+def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
+    """The committed reference rules hold v1's reference (to a few test texts' worth of tolerance: a
+    retrain on another machine may move a text across a bin bound), the drift rules are exactly what the
+    generator writes, and the generator's unit tests pass on this machine's signature too."""
+    run = subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), "--export", str(export_dir),
+                          "--rules-out", str(tmp_path / "rules"), "--tests-out", str(tmp_path / "tests")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+    def load(path):
+        return yaml.safe_load(path.read_text())
+
+    committed, fresh = load(PROMETHEUS_DIR / "rules" / "reference.rules.yml"), load(tmp_path / "rules" / "reference.rules.yml")
+    pairs = list(zip(committed["groups"][0]["rules"], fresh["groups"][0]["rules"], strict=True))
+    for old, new in pairs:
+        assert (old["record"], old["labels"]) == (new["record"], new["labels"])
+        value = lambda rule: float(rule["expr"].removeprefix("vector(").removesuffix(")"))  # noqa: E731
+        assert value(old) == pytest.approx(value(new), abs=3 / 1066), (old, new)
+    assert load(PROMETHEUS_DIR / "rules" / "drift.rules.yml") == load(tmp_path / "rules" / "drift.rules.yml"), \
+        "deploy/prometheus/rules/drift.rules.yml differs from what generate_rules.py writes: `make rules`"
+    run = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / "drift.test.yml")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# --- drift_report without Prometheus ---------------------------------------------------------------------
+
+def test_drift_report_says_when_prometheus_is_down(export_dir, capsys):
+    code = drift_report.main(["--prometheus", f"http://127.0.0.1:{free_port()}", "--export", str(export_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Prometheus is not reachable at http://127.0.0.1:" in err and "make monitor" in err
+
+
+def test_drift_report_says_when_prometheus_is_not_installed(export_dir, capsys, monkeypatch):
+    monkeypatch.setattr(drift_report.shutil, "which", lambda name: None)
+    code = drift_report.main(["--prometheus", f"http://127.0.0.1:{free_port()}", "--export", str(export_dir)])
+    assert code == 2
+    assert "Prometheus is not installed" in capsys.readouterr().err
+
+
+def test_drift_report_says_when_the_answer_is_not_prometheus(export_dir, capsys):
+    """Something else on the address (here a plain HTTP server answering 404 pages)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = drift_report.main(["--prometheus", f"http://127.0.0.1:{server.server_address[1]}", "--export", str(export_dir)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2
+    assert "without JSON: is it Prometheus?" in capsys.readouterr().err
+
+
+# --- the demonstration ---------------------------------------------------------------------------------
+
+class Prometheus:
+    """A private Prometheus: free loopback port, its own data dir in a temp dir, stopped by its pid."""
+
+    def __init__(self, config: dict, home: Path):
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.process = None
+
+    def start(self, timeout: float = 30) -> "Prometheus":
+        self.log = open(self.home / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={self.home / 'prometheus.yml'}", f"--storage.tsdb.path={self.home / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.home / "prometheus.log").read_text()[-3000:]
+            try:
+                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("Prometheus did not become ready:\n" + (self.home / "prometheus.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def query(self, expr: str) -> list[dict]:
+        return drift_report.query(self.url, expr)
+
+    def alerts(self) -> list[dict]:
+        return requests.get(self.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+
+
+class Traffic(threading.Thread):
+    """Posts {"texts": [...]} of `batch` texts from the current pool every `pause` s until stopped."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.pool, self.batch, self.pause = url, [], 64, 0.2
+        self.stopped = threading.Event()
+        self.sent = self.failed = 0
+
+    def use(self, pool: list[str], batch: int) -> None:
+        self.pool, self.batch = pool, batch
+
+    def run(self) -> None:
+        start = 0
+        while not self.stopped.is_set():
+            pool, batch = self.pool, self.batch
+            texts = [pool[(start + i) % len(pool)] for i in range(batch)]
+            start += batch
+            try:
+                ok = requests.post(self.url, json={"texts": texts}, timeout=30).status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.sent += batch
+            self.failed += not ok
+            self.stopped.wait(self.pause)
+
+
+def drift_alerts(alerts: list[dict]) -> dict:
+    """{(alertname, severity): state} of the drift alerts."""
+    return {(a["labels"]["alertname"], a["labels"].get("severity")): a["state"] for a in alerts
+            if a["labels"]["alertname"].startswith("Sentiment") and "Drift" in a["labels"]["alertname"]}
+
+
+def wait_for(prometheus: Prometheus, wanted: list[tuple[str, str]], since: float, timeout: float = 45) -> dict:
+    """Poll the alerts until every `wanted` (alertname, severity) fires; seconds since `since` to pending and to firing."""
+    seen = {key: {} for key in wanted}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = drift_alerts(prometheus.alerts())
+        now = time.monotonic() - since
+        for key in wanted:
+            state = states.get(key)
+            if state in ("pending", "firing"):
+                seen[key].setdefault("pending", now)
+            if state == "firing":
+                seen[key].setdefault("firing", now)
+        if all("firing" in times for times in seen.values()):
+            return {f"{name} ({severity})": {state: round(t, 2) for state, t in times.items()} for (name, severity), times in seen.items()}
+        time.sleep(0.25)
+    raise AssertionError(f"not all of {wanted} fired within {timeout} s: {seen}; now {drift_alerts(prometheus.alerts())}")
+
+
+@pytest.fixture(scope="module")
+def pools():
+    texts, labels, _ = train.load_dataset()
+    validation = train.split(len(texts))["validation"]  # in-distribution, but not the test split the reference is
+    in_distribution = [texts[i] for i in validation]
+    negative = [texts[i] for i in validation if labels[i] == 0]
+    long_reviews, current = [], ""
+    for text in in_distribution:  # 1,000 to 2,500 characters: whole reviews instead of snippets
+        current += text + " "
+        if len(current) >= 1000:
+            long_reviews.append(current.strip())
+            current = ""
+    return {"in_distribution": in_distribution, "negative": negative, "long": long_reviews}
+
+
+def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature, pools, scrape, tmp_path):
+    """Serve, watch, send in-distribution traffic (no alert), then only negative reviews and then
+    long reviews: the alerts go pending and fire, seen through Prometheus' API; drift_report agrees."""
+    home = Path(tempfile.mkdtemp(prefix="prometheus-demo-"))
+    timings = {}
+    started = time.monotonic()
+    rules = home / "rules"
+    subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), "--export", str(export_dir),
+                    "--window", DEMO_WINDOW, "--for", DEMO_FOR, "--rules-out", str(rules), "--tests-out", ""],
+                   check=True, capture_output=True, timeout=120)
+    ts = LocalTorchServe(MODEL_STORE)
+    prometheus = traffic = None
+    try:
+        ts.start()
+        timings["torchserve_start_s"] = time.monotonic() - started
+        url = ts.inference + "/predictions/sentiment"
+        assert requests.post(url, json={"texts": pools["in_distribution"][:8]}, timeout=30).status_code == 200
+
+        # The served histograms use TorchServe's fixed buckets, the ones the reference is binned in.
+        deadline = time.monotonic() + 20
+        while not (buckets := scrape(ts).samples("SentimentProbability", "_bucket")) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        for family in ("SentimentProbability", "SentimentInputKiloChars"):
+            served = sorted({drift.parse_le(s.labels["le"]) for s in scrape(ts).samples(family, "_bucket")})
+            assert served == list(drift.TORCHSERVE_BUCKETS) + [math.inf], (family, served)
+        assert buckets
+
+        # Prometheus: the repository's config with the demo's intervals, target and fast rules.
+        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(rules / "reference.rules.yml"), str(rules / "drift.rules.yml"),
+                                str(PROMETHEUS_DIR / "rules" / "health.rules.yml")]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [ts.metrics.removeprefix("http://")]}]
+        prometheus = Prometheus(config, home).start()
+        timings["prometheus_start_s"] = time.monotonic() - started - timings["torchserve_start_s"]
+
+        # 1. In-distribution traffic (the validation split) for a window and more: no drift alert.
+        traffic = Traffic(url)
+        traffic.use(pools["in_distribution"], 64)
+        traffic.start()
+        phase = time.monotonic()
+        seen = set()
+        while time.monotonic() - phase < 14:
+            seen |= {key for key, state in drift_alerts(prometheus.alerts()).items()}
+            time.sleep(0.25)
+        psi = drift_report.by_version(prometheus.query(f"sentiment:probability_psi:{DEMO_WINDOW}"))
+        rate = drift_report.by_version(prometheus.query(f"sentiment:positive_rate:{DEMO_WINDOW}"))
+        n = drift_report.by_version(prometheus.query(f"sentiment:predictions:increase{DEMO_WINDOW}"))
+        version = ("sentiment", signature.version)
+        timings["in_distribution"] = {"probability_psi": psi.get(version), "positive_rate": rate.get(version),
+                                      "predictions_in_window": n.get(version)}
+        assert n.get(version, 0) >= drift.MIN_COUNT, timings
+        assert psi[version] < drift.PSI_WARNING and abs(rate[version] - signature.reference["positive_rate"]) < drift.POSITIVE_RATE_TOLERANCE, timings
+        assert not seen, f"drift alerts on in-distribution traffic: {seen}"
+        assert prometheus.query('up{job="torchserve"} == 1'), "Prometheus does not scrape TorchServe"
+
+        # 2. Only negative reviews: the positive rate and the probability distribution move.
+        traffic.use(pools["negative"], 64)
+        phase = time.monotonic()
+        timings["negative_reviews"] = wait_for(prometheus, [("SentimentPositiveRateDrift", "warning"),
+                                                            ("SentimentProbabilityDrift", "warning"),
+                                                            ("SentimentProbabilityDrift", "critical")], phase)
+        assert ("SentimentInputLengthDrift", "warning") not in drift_alerts(prometheus.alerts())
+
+        # drift_report reads the same API: it finds the drift, and its PSI is Prometheus' own.
+        report_png = tmp_path / "drift.png"
+        code = drift_report.main(["--prometheus", prometheus.url, "--window", DEMO_WINDOW,
+                                  "--export", str(export_dir), "--png", str(report_png)])
+        assert code == 1
+        assert report_png.stat().st_size > 10_000
+        # The rules' PSI samples of the last seconds, at the times the rules were evaluated, against
+        # drift_report's at those times (a scrape landing during a rule evaluation can differ: most must match).
+        time.sleep(2)
+        recorded = prometheus.query(f'sentiment:probability_psi:{DEMO_WINDOW}{{ModelVersion="{signature.version}"}}[5s]')[0]["values"]
+        references = drift_report.load_references([export_dir])
+        pairs = [(float(value), drift_report.assess(drift_report.collect(prometheus.url, DEMO_WINDOW, at), references)[0]["stats"]["probability_psi"])
+                 for at, value in recorded]
+        assert sum(abs(a - b) < 1e-6 for a, b in pairs) >= len(pairs) - 1 >= 2, f"drift_report's PSI differs from the rules': {pairs}"
+
+        # 3. Long reviews instead of snippets: the input length drifts.
+        traffic.use(pools["long"], 16)
+        phase = time.monotonic()
+        timings["long_reviews"] = wait_for(prometheus, [("SentimentInputLengthDrift", "warning"),
+                                                        ("SentimentInputLengthDrift", "critical")], phase)
+        assert traffic.failed == 0
+        timings["total_s"] = time.monotonic() - started
+    finally:
+        if traffic is not None:
+            traffic.stopped.set()
+            traffic.join(timeout=30)
+        if prometheus is not None:
+            prometheus.stop()
+        ts.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    assert prometheus.process.poll() is not None, "Prometheus outlived the test"
+    out = ROOT / "build" / "monitoring-demo.json"  # the measured times, for the README
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"window": DEMO_WINDOW, "for": DEMO_FOR, "scrape_and_evaluation_interval": "1s", **timings}, indent=2) + "\n")
+    print(json.dumps(timings, indent=2))
