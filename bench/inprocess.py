@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/inprocess.py --model-dir EXTRACTED_MAR --bodies bodies.json [--onnx F] [--checkpoint D]
 
-Everything runs the code and weights of the extracted archive (bench/archive.py), one thread.
+bench/run.py calls `measure()`, which runs this file in a process of its own. Everything runs the
+code and weights of the extracted archive (bench/archive.py), one thread.
 
 Ceilings, on batches of 1 and 64 texts of the request mix (texts/s): text.py encoding alone
 (tokenise, features, vocabulary ids), and the forward pass alone on pre-encoded batches, for the
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,16 @@ from archive import Served
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the archive's folder: worker_message only
 from worker_message import MessageSocket, predict_message  # noqa: E402
+
+
+def measure(model_dir: Path, bodies_file: Path, onnx: Path, checkpoint: Path, batch_sizes: tuple, seconds: float) -> dict:
+    """This file in a process of its own (it imports the archive's modules); its JSON result."""
+    run = subprocess.run([sys.executable, __file__, "--model-dir", str(model_dir), "--bodies", str(bodies_file), "--onnx", str(onnx),
+                          "--checkpoint", str(checkpoint), "--batch-sizes", ",".join(map(str, batch_sizes)), "--seconds", str(seconds)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"inprocess.py failed: {run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- ceilings

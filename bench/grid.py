@@ -1,0 +1,134 @@
+"""The load grid: the naive app, and TorchServe over workers x batch size (then a batch-delay
+sweep of the recommended pair), each at every client count; the choice of the configuration to ship.
+
+  naive       bench/naive_app.py, one request at a time (and one point with TCP_NODELAY off, to show
+              the Nagle / delayed-ACK stall)
+  ping        TorchServe GET /ping: the frontend's own ceiling
+  shipped     TorchServe with the archive's own model-config.yaml (as `make serve` runs it)
+  wXbY        TorchServe, X workers, batch size Y, max batch delay GRID_DELAY_MS (re-registered
+              through the management API); then wXbYdZ, a max-batch-delay sweep of the recommended one
+"""
+
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from common import CONCURRENCY, MODEL, at, log
+from headtohead import head_to_head
+from measure import Bench, tree
+from servers import naive_server, register, scale, stop_process, torchserve, ts_groups
+
+GRID_WORKERS = (1, 2)
+GRID_BATCH = (1, 8, 32)
+GRID_DELAY_MS = 5
+DELAY_SWEEP_MS = (1, 2, 10)  # besides GRID_DELAY_MS, for the recommended workers x batch size
+JVM_WARM_S = 8.0  # an unrecorded burst of predictions before the first TorchServe point
+SWEEP_RESERVE_S = 200  # seconds of the budget that must be left to try one more delay
+
+
+def run_naive(bench: Bench, results: dict, sample_bodies: list[str], model_dir: Path) -> None:
+    # The Nagle / delayed-ACK check: TCP_NODELAY off on the server's sockets, one client.
+    process, url = naive_server(model_dir, bench.scratch, nodelay=False)
+    try:
+        group = {"server": lambda: tree(psutil.Process(process.pid))}
+        bench.point("naive_nodelay_off", url + f"/predictions/{MODEL}", 1, {"tcp_nodelay": False}, group)
+    finally:
+        stop_process(process)
+    process, url = naive_server(model_dir, bench.scratch, nodelay=True)
+    try:
+        results["naive_sample_predictions"] = [requests.post(url + f"/predictions/{MODEL}", data=b.encode(), timeout=10,
+                                                             headers={"Content-Type": "application/json"}).json() for b in sample_bodies]
+        group = {"server": lambda: tree(psutil.Process(process.pid))}
+        for c in CONCURRENCY:
+            bench.point("naive", url + f"/predictions/{MODEL}", c, {"tcp_nodelay": True, "model": "archive TorchScript", "torch_threads": 1}, group)
+    finally:
+        stop_process(process)
+
+
+def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list[str], model_dir: Path) -> None:
+    with torchserve(store) as ts:
+        predict = f"{ts.inference}/predictions/{MODEL}"
+        groups = ts_groups(ts)
+        for c in CONCURRENCY:
+            bench.point("ping", ts.inference + "/ping", c, {}, groups, post=False, ts=ts)
+        (shipped,) = ts.admin.describe()
+        shipped_config = {k: shipped[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")}
+        results["shipped_model_config"] = shipped_config
+        results["torchserve_sample_predictions"] = [requests.post(predict, data=b.encode(), timeout=10,
+                                                                  headers={"Content-Type": "application/json"}).json() for b in sample_bodies]
+        log(f"warming the JVM up: {JVM_WARM_S:.0f} s of predictions at {CONCURRENCY[-1]} clients, not recorded")
+        bench.burst(predict, CONCURRENCY[-1], JVM_WARM_S)
+        for c in CONCURRENCY:
+            bench.point("shipped", predict, c, {"workers": len(shipped["workers"]), "batch_size": shipped["batchSize"],
+                                                 "max_batch_delay_ms": shipped["maxBatchDelay"]}, groups, ts=ts)
+        for batch_size in GRID_BATCH:
+            for i, workers in enumerate(GRID_WORKERS):
+                started = time.monotonic()
+                register(ts, workers, batch_size, GRID_DELAY_MS) if i == 0 else scale(ts, workers)
+                log(f"registered w{workers} b{batch_size} d{GRID_DELAY_MS} in {time.monotonic() - started:.1f} s")
+                config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": GRID_DELAY_MS}
+                for c in CONCURRENCY:
+                    bench.point(f"w{workers}b{batch_size}", predict, c, config, groups, ts=ts, grid=True)
+        choice = choose(bench.points)
+        results["choice"] = choice
+        workers, batch_size = choice["recommended"]["workers"], choice["recommended"]["batch_size"]
+        for delay in DELAY_SWEEP_MS if batch_size > 1 else ():  # no delay without batching
+            if bench.time_left() < SWEEP_RESERVE_S:
+                log(f"skipping max_batch_delay={delay} ms: {bench.time_left():.0f} s of the {bench.args.budget:.0f} s budget left")
+                continue
+            register(ts, workers, batch_size, delay)
+            config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay}
+            for c in CONCURRENCY:
+                bench.point(f"w{workers}b{batch_size}d{delay}", predict, c, config, groups, ts=ts, sweep=True)
+        final = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": best_delay(delay_sweep(bench.points, choice["recommended"]))}
+        results["final_config"] = final
+        register(ts, final["workers"], final["batch_size"], final["max_batch_delay_ms"])
+        head_to_head(bench, results, ts, store, final, model_dir)
+
+
+def choose(points: list[dict]) -> dict:
+    """workers x batch size from the grid (max batch delay 5 ms for all), by capacity() at the top
+    concurrency: the throughput the configuration would sustain with the host to itself, from the
+    CPU it spent per request. Unlike the raw throughput of a point, that barely depends on how much
+    CPU other processes happened to leave during it. recommended = the fewest workers, then the
+    smallest batch, among the error-free configurations within 10 % of the highest capacity (the
+    delay is chosen next, by the sweep). The highest raw throughput is reported beside it."""
+    top = CONCURRENCY[-1]
+    grid = list(dict.fromkeys(p["case"] for p in points if p.get("grid")))
+    config_of = {p["case"]: p["config"] for p in points if p.get("grid")}
+    cap = {case: at(points, case, top).get("capacity_rps") or 0 for case in grid}
+    rps = {case: at(points, case, top)["throughput_rps"] for case in grid}
+    clean = [case for case in grid if not any(p["errors"] for p in points if p["case"] == case)] or grid
+    best = max(clean, key=cap.get)
+    recommended = min((case for case in clean if cap[case] >= 0.9 * cap[best]),
+                      key=lambda case: (config_of[case]["workers"], config_of[case]["batch_size"]))
+    fastest = max(grid, key=rps.get)
+    return {"recommended_case": recommended, "recommended": config_of[recommended], "highest_capacity_case": best,
+            "fastest_case": fastest, f"capacity_rps_at_{top}": cap, f"throughput_at_{top}": rps,
+            "rule": " ".join(choose.__doc__.split())}
+
+
+def delay_sweep(points: list[dict], config: dict) -> dict:
+    """{max_batch_delay_ms: {concurrency: numbers}} for this workers x batch size (grid and sweep points)."""
+    swept = {}
+    for p in points:
+        if (p.get("grid") or p.get("sweep")) and p["config"].get("workers") == config["workers"] \
+                and p["config"].get("batch_size") == config["batch_size"]:
+            swept.setdefault(p["config"]["max_batch_delay_ms"], {})[p["concurrency"]] = {
+                "rps": p["throughput_rps"], "p50": p["latency_ms"]["p50"], "p99": p["latency_ms"]["p99"],
+                "avg_batch": p.get("avg_batch_size"), "server_cpu_us_per_request": p.get("server_cpu_us_per_request")}
+    return dict(sorted(swept.items()))
+
+
+def best_delay(swept: dict) -> int:
+    """maxBatchDelay: the smallest delay (the least latency added when a batch does not fill, as at
+    one client) whose server CPU per request at the top concurrency is within 15 % of the lowest
+    (about the point-to-point noise of that figure on this shared machine)."""
+    if len(swept) < 2:
+        return next(iter(swept), GRID_DELAY_MS)
+    top = CONCURRENCY[-1]
+    cost = {d: rows[top]["server_cpu_us_per_request"] or float("inf") for d, rows in swept.items() if top in rows}
+    return min(d for d, c in cost.items() if c <= 1.15 * min(cost.values()))
+
