@@ -103,6 +103,8 @@ def test_layout_config_follows_kserve_conventions(layout_config):
     assert layout_config["install_py_dep_per_model"] == "false"
     assert layout_config["metrics_mode"] == "prometheus"
     assert layout_config["allowed_urls"] == "^$"
+    for key in ("max_request_size", "max_response_size", "default_response_timeout"):  # the limits travel with it
+        assert layout_config[key] == read_properties(ROOT / "config.properties")[key], key
     assert "load_models" not in layout_config  # the snapshot loads the model
 
 
