@@ -172,7 +172,7 @@ def print_report(prometheus: str, window: str, at: float, collected: dict, rows:
                   "re-export it, then `make rules` so the alerts cover it too")
             continue
         stats, reference = row["stats"], row["reference"]
-        n = max(entry["predictions"], 1e-9)
+        n = entry["predictions"] or math.nan
         lines = [
             ("positive rate", fmt(stats["positive_rate"]), fmt(reference["positive_rate"]),
              f"|diff| > {drift.POSITIVE_RATE_TOLERANCE}", stats["positive_rate_level"]),
