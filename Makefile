@@ -6,19 +6,31 @@ BIN        := $(VENV)/bin
 MODEL_NAME := sentiment
 VERSION    ?= 1
 SEED       ?= $(VERSION)
-BUILD      := build/v$(VERSION)
+# v1 is the NBSVM (train.py, seconds); v2 the fine-tuned transformer (train_transformer.py, ~10 minutes).
+TRANSFORMER := $(filter-out 1,$(VERSION))
+TRAINER    := $(if $(TRANSFORMER),train_transformer.py,train.py)
+TRAIN_ARGS ?=
+BUILD      ?= build/v$(VERSION)
 EXPORT     := $(BUILD)/export
+STORE      ?= model_store
+MODEL_CONFIG := $(if $(TRANSFORMER),model-config-v2.yaml,model-config.yaml)
 MAR_NAME   := $(if $(filter 1,$(VERSION)),$(MODEL_NAME),$(MODEL_NAME)_v$(VERSION))
-MAR        := model_store/$(MAR_NAME).mar
+MAR        := $(STORE)/$(MAR_NAME).mar
+PRETRAINED := build/pretrained
+SERVED_CODE := handler.py payload.py prediction_metrics.py text.py model_def.py signature.py
 INFERENCE  := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
 METRICS    := http://127.0.0.1:8082
+PROMETHEUS := http://127.0.0.1:9090
+PROM_HOME  := logs/prometheus
+REFERENCE_EXPORTS ?= build/v1/export  # versions whose reference distribution the drift rules hold
+WINDOW     ?= 30m
 N          ?= 2
 MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
-.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos batch evaluate kserve-layout clean
+.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,35 +49,52 @@ install: $(VENV)/.installed ## create .venv with the pinned serving dependencies
 
 install-dev: $(VENV)/.installed-dev ## add test and benchmark dependencies
 
-$(BUILD)/checkpoint.pt: train.py text.py model_def.py | $(VENV)/.installed
-	$(PY) train.py --out $(BUILD) --seed $(SEED)
+$(PRETRAINED)/model.safetensors: pretrained.py | $(VENV)/.installed
+	$(PY) pretrained.py $(PRETRAINED)
 
-train: $(BUILD)/checkpoint.pt ## train on rt-polarity if no model exists (VERSION=1, SEED=VERSION)
+$(BUILD)/checkpoint.pt: $(TRAINER) train.py text.py model_def.py $(if $(TRANSFORMER),$(PRETRAINED)/model.safetensors) | $(VENV)/.installed
+	$(PY) $(TRAINER) --out $(BUILD) --seed $(SEED) $(TRAIN_ARGS)
 
-$(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signature.py text.py
+train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~30 s), VERSION=2 the transformer (~10 min)
+
+$(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signature.py text.py drift.py
 	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME)
 
 export: $(EXPORT)/signature.json ## TorchScript + ONNX core and signature.json into build/vN/export
 
-$(MAR): $(EXPORT)/signature.json handler.py payload.py prediction_metrics.py text.py model_def.py signature.py model-config.yaml
+# The archive holds the TorchScript core, the served code and the export's JSON files (signature,
+# and vocab.json for v1 or tokenizer.json for v2); the ONNX core is not served.
+$(MAR): $(EXPORT)/signature.json $(SERVED_CODE) $(MODEL_CONFIG)
+	mkdir -p $(STORE)
 	$(BIN)/torch-model-archiver --force --model-name $(MODEL_NAME) --version $(VERSION) \
-		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file model-config.yaml \
-		--extra-files text.py,model_def.py,signature.py,payload.py,prediction_metrics.py,$(EXPORT)/signature.json,$(EXPORT)/vocab.json \
+		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file $(MODEL_CONFIG) \
+		--extra-files "$$(echo $(filter-out handler.py,$(SERVED_CODE)) $(EXPORT)/*.json | tr ' ' ',')" \
 		--export-path $(BUILD)
 	mv $(BUILD)/$(MODEL_NAME).mar $@
 	@echo "built $@"
 
-archive: $(MAR) ## model_store/sentiment.mar (VERSION=2 builds sentiment_v2.mar)
+archive: $(MAR) ## model_store/sentiment.mar (VERSION=2: sentiment_v2.mar, the transformer)
 
-serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (MODEL_API=on: allow registering versions)
+# VERSION=2 serves v1 and v2 side by side, v2 the default (/predictions/sentiment/1 keeps working).
+serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
+	$(if $(TRANSFORMER),$(MAKE) --no-print-directory archive VERSION=1)
 	mkdir -p logs
 	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties \
+		$(if $(TRANSFORMER),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
 		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1 || { cat logs/console.log; exit 1; }
-	@for i in $$(seq 120); do \
-		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME) | grep -q '"status": "READY"' && { echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME)"; exit 0; }; \
+	@for i in $$(seq 180); do \
+		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION) | grep -q '"status": "READY"' && { \
+			$(if $(TRANSFORMER),curl -sf -X PUT $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
+			echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME) (default version $(VERSION))"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
 
-stop: ## stop TorchServe started by `make serve` and wait until it has exited
+stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`) and wait until they have exited
+	@pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
+	alive() { s=$$(ps -p $$1 -o comm=,stat= 2>/dev/null); case "$$s" in prometheus*Z*|"") return 1;; prometheus*) return 0;; *) return 1;; esac; }; \
+	if [ -n "$$pid" ] && alive $$pid; then kill $$pid; \
+		for i in $$(seq 150); do alive $$pid || break; sleep 0.2; done; \
+		if alive $$pid; then kill -9 $$pid; fi; echo "Prometheus stopped"; fi; \
+	rm -f $(PROM_HOME)/prometheus.pid
 	@pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
 	$(BIN)/torchserve --stop; \
 	for i in $$(seq 100); do [ -n "$$pid" ] && kill -0 $$pid 2>/dev/null || exit 0; sleep 0.2; done
@@ -80,7 +109,7 @@ scale: ## set the worker count through the management API (N=2)
 status: ## describe the model and its workers
 	curl -s $(MANAGEMENT)/models/$(MODEL_NAME); echo
 
-test: install-dev archive ## run the whole test suite (unit + integration against a real TorchServe)
+test: install-dev archive prometheus ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests
 
 bench: install-dev archive ## naive FastAPI vs TorchServe grid vs ceilings -> bench/results/ (JSON, summary.md, PNG), ~6 min
@@ -99,7 +128,35 @@ kserve-layout: install-dev archive ## build/kserve/: model-store/ + config/confi
 	$(PY) deploy/kserve/build_layout.py --mar $(MAR) --out build/kserve
 
 evaluate: install-dev ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
-	$(PY) evaluate.py --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
+	$(PY) evaluate.py --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) --artifact $(EXPORT) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
+
+prometheus: ## install Debian's prometheus package (prometheus, promtool) if missing; monitor and test need it
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		echo "installing Debian's prometheus package (prometheus, promtool)"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null || exit 1; \
+		if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; }
+	@# (the package enables a system service on every interface; this project runs its own, on 127.0.0.1)
+
+rules: install-dev $(REFERENCE_EXPORTS:%=%/signature.json) ## regenerate deploy/prometheus/rules/{reference,drift}.rules.yml + tests from the signatures (REFERENCE_EXPORTS="build/v1/export build/v2/export")
+	$(PY) deploy/prometheus/generate_rules.py $(foreach e,$(REFERENCE_EXPORTS),--export $(e))
+
+monitor: prometheus rules ## start Prometheus on 127.0.0.1:9090 (data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift and health rules
+	@mkdir -p $(PROM_HOME)
+	@pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
+	if [ -n "$$pid" ] && ps -p $$pid -o comm= 2>/dev/null | grep -q prometheus; then \
+		kill -HUP $$pid; echo "Prometheus is already running (pid $$pid): reloaded its config and rules. $(PROMETHEUS)/alerts"; exit 0; fi; \
+	if curl -s --max-time 1 -o /dev/null $(PROMETHEUS); then echo "something else already listens on $(PROMETHEUS)"; exit 1; fi; \
+	promtool check config deploy/prometheus/prometheus.yml >/dev/null || exit 1; \
+	nohup prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=$(PROM_HOME)/data \
+		--web.listen-address=$(PROMETHEUS:http://%=%) > $(PROM_HOME)/prometheus.log 2>&1 & echo $$! > $(PROM_HOME)/prometheus.pid; \
+	for i in $$(seq 60); do \
+		curl -sf --max-time 1 -o /dev/null $(PROMETHEUS)/-/ready && { echo "Prometheus is ready: $(PROMETHEUS) (alerts: $(PROMETHEUS)/alerts); make drift-report"; exit 0; }; \
+		kill -0 $$(cat $(PROM_HOME)/prometheus.pid) 2>/dev/null || { tail -5 $(PROM_HOME)/prometheus.log; rm -f $(PROM_HOME)/prometheus.pid; exit 1; }; \
+		sleep 0.5; done; echo "Prometheus did not become ready; see $(PROM_HOME)/prometheus.log"; exit 1
+
+drift-report: install-dev ## live vs reference distributions per model version from Prometheus, a verdict, build/drift-report.png (WINDOW=30m)
+	$(PY) drift_report.py --prometheus $(PROMETHEUS) --window $(WINDOW) --png build/drift-report.png
 
 clean: ## remove build outputs and archives
 	rm -rf build logs model_store/*.mar

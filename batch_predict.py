@@ -35,25 +35,24 @@ import torch
 from tqdm import tqdm
 
 from model_def import predict_proba
-from payload import BadRequest, check_text
-from signature import Signature, load_vocab_index
-from text import Encoder
+from payload import BadRequest, check_text, labelled
+from signature import Signature, load_encoder
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "build" / "v1" / "export"
 OUTPUT_COLUMNS = ("probability", "label", "error")
-BATCH_SIZE = 4096  # texts per forward pass: encoding dominates, the forward pass takes a few ms
+BATCH_SIZE = 4096  # texts per scoring call (and progress step); model_def.predict_proba splits them per model
 ERRORS_SHOWN = 100  # bad rows listed on stderr; all of them are marked in the output
 
 log = logging.getLogger("batch_predict")
 
 
 class Core:
-    """The exported TorchScript core as `texts -> probabilities`, with its signature and vocabulary."""
+    """The exported TorchScript core (either version) as `texts -> probabilities`, with its signature and featuriser."""
 
     def __init__(self, artifact: Path):
         artifact = Path(artifact)
         self.signature = Signature.load(artifact)
-        self.encoder = Encoder(load_vocab_index(artifact, self.signature), self.signature.features)
+        self.encoder = load_encoder(artifact, self.signature)
         self.model = torch.jit.load(str(artifact / self.signature.model_file)).eval()
 
     def __call__(self, texts: list[str]) -> list[float]:
@@ -109,8 +108,9 @@ def score_frame(frame: pd.DataFrame, score, column: str, signature: Signature, e
     good = [i for i, error in enumerate(errors) if error is None]
     probabilities = [math.nan] * len(frame)
     labels = [None] * len(frame)
-    for i, p in zip(good, score([values[i] for i in good])):
-        probabilities[i], labels[i] = p, signature.label(p)
+    # Rounded and labelled exactly as the endpoint answers (payload.labelled), so a text gets the same label online and offline.
+    for i, p, label in zip(good, *labelled(score([values[i] for i in good]), signature)):
+        probabilities[i], labels[i] = p, label
     out = frame.copy()
     out["probability"] = pd.Series(probabilities, index=frame.index, dtype="float64")
     out["label"] = pd.Series(labels, index=frame.index, dtype=object)

@@ -5,11 +5,13 @@
     python evaluate.py --data reviews.csv --url http://127.0.0.1:8080
 
 The labelled set is a CSV file (header with `text` and `label` columns) or a JSONL file (one
-object with `text` and `label` a line); labels are 1/0 or positive/negative. Without --data it is
-the held-out test split of train.py (same SPLIT_SEED, so every model version is scored on the same
-texts as in training). The texts go to POST <url>/predictions/<model>[/<version>] as
-{"texts": [...]} in chunks of at most signature.max_texts; the served labels give the accuracy,
-the served probabilities the ROC AUC. Prints the result as JSON (and writes it to --out).
+object with `text` and `label` a line); labels are 1/0 or the signature's label names. Without
+--data it is the held-out test split of train.py (same SPLIT_SEED, so every model version is scored
+on the same texts as in training). The served model's signature (--artifact, by default
+build/v<version>/export/signature.json) gives the label names and the request limit: the texts go
+to POST <url>/predictions/<model>[/<version>] as {"texts": [...]} in chunks of at most its
+max_texts, and every answer must come from that version. The served labels give the accuracy, the
+served probabilities the ROC AUC. Prints the result as JSON (and writes it to --out).
 
 `accuracy` and `roc_auc` are rounded to 4 places as in train.py's metrics.json, so the two can be
 compared directly: the served model should score exactly what training reported.
@@ -20,48 +22,47 @@ import csv
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import requests
 from sklearn.metrics import roc_auc_score
 
-from signature import Signature
+from signature import MODEL_NAME, Signature
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_MODEL = "sentiment"
-MAX_TEXTS = next(f.default for f in fields(Signature) if f.name == "max_texts")  # per request
-NEGATIVE, POSITIVE = Signature.labels  # the default ("negative", "positive"): threshold side 0, 1
-LABEL_VALUES = {"1": 1, "0": 0, POSITIVE: 1, NEGATIVE: 0, "pos": 1, "neg": 0, "true": 1, "false": 0}
+ROOT = Path(__file__).resolve().parent
 
 
-def parse_label(value) -> int:
+def parse_label(value, labels: tuple[str, str]) -> int:
+    """1 for the signature's positive label (its second), 0 for the negative one; also 1/0, true/false."""
+    negative, positive = (label.lower() for label in labels)
+    values = {"1": 1, "0": 0, "true": 1, "false": 0, positive: 1, negative: 0, positive[:3]: 1, negative[:3]: 0}
     key = str(value).strip().lower()
-    if key not in LABEL_VALUES:
-        raise ValueError(f"label {value!r} is not one of 1/0, {POSITIVE}/{NEGATIVE}")
-    return LABEL_VALUES[key]
+    if key not in values:
+        raise ValueError(f"label {value!r} is not one of 1/0, {positive}/{negative}")
+    return values[key]
 
 
-def load_labelled(path: Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
-    """Texts and 0/1 labels from a CSV (with a header) or JSONL file."""
+def load_labelled(path: Path, labels: tuple[str, str], text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
+    """Texts and 0/1 labels from a CSV (with a header) or JSONL file; `labels` are the signature's names."""
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     else:
         with path.open(encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    texts, labels = [], []
+    texts, targets = [], []
     for number, row in enumerate(rows, start=1):
         if text_column not in row or label_column not in row:
             raise ValueError(f"{path} row {number}: needs {text_column!r} and {label_column!r}, has {sorted(row)}")
         try:
-            labels.append(parse_label(row[label_column]))
+            targets.append(parse_label(row[label_column], labels))
         except ValueError as error:
             raise ValueError(f"{path} row {number}: {error}") from None
         texts.append(row[text_column])
     if not texts:
         raise ValueError(f"{path} holds no rows")
-    return texts, labels
+    return texts, targets
 
 
 def held_out_test_split() -> tuple[list[str], list[int]]:
@@ -73,8 +74,8 @@ def held_out_test_split() -> tuple[list[str], list[int]]:
     return [texts[i] for i in test], [labels[i] for i in test]
 
 
-def predict_served(texts: list[str], url: str = DEFAULT_URL, model: str = DEFAULT_MODEL, version: str | None = None,
-                   chunk: int = MAX_TEXTS, timeout: float = 30) -> tuple[list[dict], set[str]]:
+def predict_served(texts: list[str], chunk: int, url: str = DEFAULT_URL, model: str = MODEL_NAME, version: str | None = None,
+                   timeout: float = 30) -> tuple[list[dict], set[str]]:
     """The served predictions ({"label", "probability"}) for every text, in order, and the model
     versions that answered. Any non-200 answer stops the evaluation with the server's message."""
     endpoint = f"{url.rstrip('/')}/predictions/{model}" + (f"/{version}" if version else "")
@@ -91,18 +92,23 @@ def predict_served(texts: list[str], url: str = DEFAULT_URL, model: str = DEFAUL
     return predictions, versions
 
 
-def evaluate_served(texts: list[str], labels: list[int], url: str = DEFAULT_URL, model: str = DEFAULT_MODEL,
-                    version: str | None = None, chunk: int = MAX_TEXTS) -> dict:
+def evaluate_served(texts: list[str], labels: list[int], signature: Signature, url: str = DEFAULT_URL,
+                    model: str = MODEL_NAME, version: str | None = None, chunk: int | None = None) -> dict:
+    """Accuracy and ROC AUC of what `url` serves, against 0/1 `labels`; `signature` is the served model's."""
     started = time.perf_counter()
-    predictions, versions = predict_served(texts, url, model, version, chunk)
-    correct = sum((p["label"] == POSITIVE) == bool(y) for p, y in zip(predictions, labels))
+    chunk = min(chunk or signature.max_texts, signature.max_texts)
+    predictions, versions = predict_served(texts, chunk, url, model, version)
+    if versions != {signature.version}:
+        raise RuntimeError(f"answers came from model version(s) {sorted(versions)}, but the signature is version {signature.version}")
+    positive = signature.labels[1]
+    correct = sum((p["label"] == positive) == bool(y) for p, y in zip(predictions, labels))
     probabilities = [p["probability"] for p in predictions]
     return {
         "accuracy": round(correct / len(labels), 4),
         "roc_auc": round(float(roc_auc_score(labels, probabilities)), 4) if len(set(labels)) == 2 else None,
         "size": len(labels),
         "correct": correct,
-        "positive_rate": round(sum(p["label"] == POSITIVE for p in predictions) / len(predictions), 4),
+        "positive_rate": round(sum(p["label"] == positive for p in predictions) / len(predictions), 4),
         "model": model,
         "requested_version": version,
         "served_versions": sorted(versions),
@@ -115,19 +121,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="labelled CSV or JSONL file (default: train.py's held-out test split)")
     parser.add_argument("--url", default=DEFAULT_URL, help="TorchServe inference address (default %(default)s)")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--version", help="a registered model version (default: the model's default version)")
-    parser.add_argument("--chunk", type=int, default=MAX_TEXTS, help="texts per request (at most signature.max_texts)")
+    parser.add_argument("--artifact", type=Path, help="the served version's export folder, for its signature "
+                        "(default: build/v<version, or 1>/export)")
+    parser.add_argument("--chunk", type=int, help="texts per request (default and at most: the signature's max_texts)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--out", type=Path, help="also write the result JSON here")
     args = parser.parse_args(argv)
 
+    signature = Signature.load(args.artifact or ROOT / "build" / f"v{args.version or 1}" / "export")
     if args.data:
-        texts, labels = load_labelled(args.data, args.text_column, args.label_column)
+        texts, labels = load_labelled(args.data, signature.labels, args.text_column, args.label_column)
     else:
         texts, labels = held_out_test_split()
-    result = evaluate_served(texts, labels, args.url, args.model, args.version, args.chunk)
+    result = evaluate_served(texts, labels, signature, args.url, args.model, args.version, args.chunk)
     result["data"] = str(args.data) if args.data else "held-out test split (train.split, SPLIT_SEED)"
     text = json.dumps(result, indent=2)
     print(text)

@@ -1,8 +1,9 @@
-"""TorchServe handler: the exported sentiment core as a stateless serving function.
+"""TorchServe handler: an exported sentiment core (v1 NBSVM or v2 transformer) as a stateless serving function.
 
-Per request (one TorchServe batch holds many): validate -> encode (text.py, as in training)
--> one forward pass for the whole batch -> sigmoid -> label. A bad request gets its own
-HTTP 400 with a JSON body; the good requests batched with it are answered as usual.
+Per request (one TorchServe batch holds many): validate -> featurise (the model's own featuriser,
+as in training) -> one forward pass for the whole batch -> sigmoid -> label. A bad request gets
+its own HTTP 400 with a JSON body; the good requests batched with it are answered as usual.
+The signature in the archive says which model it is; nothing here depends on the version.
 """
 
 import logging
@@ -13,25 +14,32 @@ from ts.torch_handler.base_handler import BaseHandler
 from model_def import predict_proba
 from payload import BadRequest, Parsed, RequestError, parse_request, response_body
 from prediction_metrics import PredictionMetrics
-from signature import Signature, load_vocab_index
-from text import Encoder
+from signature import Signature, load_encoder
 
 log = logging.getLogger(__name__)
 
-TORCH_THREADS = 1  # the forward pass takes microseconds; more threads only contend with other workers
+# Threads per worker unless model-config.yaml's `handler: {torch_threads: N}` says otherwise: one,
+# because workers, not threads, use the cores (more threads only contend with the other workers).
+TORCH_THREADS = 1
+# After a batch's forward pass fails, its requests are retried one by one so that one request that
+# breaks the model fails alone; this many failures in a row mean the model itself is broken, and
+# the rest of the batch fails without more passes (a broken model costs a few passes, not N + 1).
+MAX_FAILED_RETRIES = 2
 
 
 class SentimentHandler(BaseHandler):
     def initialize(self, context):
         """Once per worker: TorchScript core (BaseHandler loads the archive's serialized file), signature, vocabulary."""
         super().initialize(context)
-        torch.set_num_threads(TORCH_THREADS)
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        torch.set_num_threads(int(settings.get("torch_threads", TORCH_THREADS)))
         model_dir = context.system_properties["model_dir"]
         self.signature = Signature.load(model_dir)
-        self.encoder = Encoder(load_vocab_index(model_dir, self.signature), self.signature.features)
+        self.encoder = load_encoder(model_dir, self.signature)
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
-        log.info("loaded %s v%s (%d features)", self.signature.model_name, self.signature.version, len(self.encoder.index))
+        log.info("loaded %s v%s (%s, %d torch threads)", self.signature.model_name, self.signature.version,
+                 self.signature.architecture, torch.get_num_threads())
 
     def preprocess(self, data: list[dict]) -> list[Parsed]:
         parsed = []
@@ -45,6 +53,8 @@ class SentimentHandler(BaseHandler):
 
     def request_content_type(self, idx: int, row: dict) -> str | None:
         """The Content-Type of the body parameter; form-encoded bodies arrive as fields, not a body."""
+        if not isinstance(row, dict):  # a bare body: no parameter, so no Content-Type to read
+            return None
         if not any(name in row for name in ("body", "data")):
             return "application/x-www-form-urlencoded"
         header = self.context.get_request_header(idx, "body" if "body" in row else "data")
@@ -52,24 +62,34 @@ class SentimentHandler(BaseHandler):
 
     def inference(self, parsed: list[Parsed]) -> list[Parsed]:
         """One forward pass over every text of every valid request in the batch. If it fails, each
-        request is retried alone, so one request that breaks the model fails alone (HTTP 500)."""
+        request is retried alone (up to MAX_FAILED_RETRIES failures in a row), so one request that
+        breaks the model fails alone (HTTP 500)."""
         valid = [request for request in parsed if request.error is None]
         try:
             probabilities = self.forward([text for request in valid for text in request.texts])
         except Exception:
             log.exception("batch forward failed; retrying its %d requests one by one", len(valid))
-            for request in valid:
-                try:
-                    request.probabilities = self.forward(request.texts)
-                except Exception as error:
-                    log.exception("forward failed for one request")
-                    request.error = RequestError("inference_error", f"inference failed: {type(error).__name__}")
+            self.retry_one_by_one(valid)
             return parsed
         cursor = 0
         for request in valid:
-            request.probabilities = probabilities[cursor : cursor + len(request.texts)]
+            request.answer(probabilities[cursor : cursor + len(request.texts)], self.signature)
             cursor += len(request.texts)
         return parsed
+
+    def retry_one_by_one(self, requests: list[Parsed]) -> None:
+        failed_in_a_row = 0
+        for request in requests:
+            if failed_in_a_row >= MAX_FAILED_RETRIES:
+                request.error = RequestError("inference_error", f"inference failed: not retried after {MAX_FAILED_RETRIES} requests of its batch failed in a row")
+                continue
+            try:
+                request.answer(self.forward(request.texts), self.signature)
+                failed_in_a_row = 0
+            except Exception as error:
+                log.exception("forward failed for one request")
+                request.error = RequestError("inference_error", f"inference failed: {type(error).__name__}")
+                failed_in_a_row += 1
 
     def forward(self, texts: list[str]) -> list[float]:
         return predict_proba(self.model, texts, self.encoder).tolist()

@@ -8,6 +8,7 @@ text/* already decoded (str), and anything it could not decode as raw bytes.
 """
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 
 from signature import Signature
@@ -39,13 +40,19 @@ class BadRequest(RequestError):
 
 @dataclass
 class Parsed:
-    """One client request: its texts and the form it came in; later its probabilities, or its error."""
+    """One client request: its texts and the form it came in; later its answer, or its error."""
 
     texts: list[str] = field(default_factory=list)
     form: str = "text"  # "text", "texts" or "v2": decides the response shape
     request_id: str | None = None
-    probabilities: list[float] | None = None
+    probabilities: list[float] | None = None  # as answered (see `answer`)
+    labels: list[str] | None = None
     error: RequestError | None = None
+
+    def answer(self, probabilities: list[float], signature: "Signature") -> "Parsed":
+        """Record the model's probabilities as answered and their labels, once: the response body and the metrics read both."""
+        self.probabilities, self.labels = labelled(probabilities, signature)
+        return self
 
 
 def parse_request(body, content_type: str | None, signature: Signature) -> Parsed:
@@ -115,12 +122,17 @@ def check_text(text, where: str, signature: Signature) -> str:
         raise BadRequest("empty_text", f"{where} is empty or whitespace only")
     if len(text) > signature.max_chars:
         raise BadRequest("text_too_long", f"{where} has {len(text)} characters, the limit is {signature.max_chars}")
+    # Compatibility forms can expand (U+FDFA is 18 characters in NFKC): the limit holds for the text the featurisers see.
+    if not text.isascii() and len(expanded := unicodedata.normalize("NFKC", text)) > signature.max_chars:
+        raise BadRequest("text_too_long", f"{where} has {len(expanded)} characters once Unicode-normalised (NFKC), "
+                                          f"the limit is {signature.max_chars}")
     return text
 
 
 def labelled(probabilities: list[float], signature: Signature) -> tuple[list[float], list[str]]:
     """Probabilities as answered (6 decimals) and their labels, taken from the rounded value so that
-    the answer, and the metrics that count it, never disagree with themselves."""
+    an answer never disagrees with itself. The one place that labels: the handler, its metrics and
+    batch scoring all go through it, so a text gets the same label online and offline."""
     rounded = [round(p, 6) for p in probabilities]
     return rounded, [signature.label(p) for p in rounded]
 
@@ -129,7 +141,7 @@ def response_body(request: Parsed, signature: Signature) -> dict:
     """The answer to one request, in the form it was asked in."""
     if request.error is not None:
         return request.error.body()
-    probabilities, labels = labelled(request.probabilities, signature)
+    probabilities, labels = request.probabilities, request.labels
     if request.form == "v2":
         body = {"model_name": signature.model_name, "model_version": signature.version, "outputs": [
             {"name": "probability", "datatype": "FP32", "shape": [len(probabilities)], "data": probabilities},

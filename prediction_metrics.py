@@ -3,7 +3,7 @@ TorchServe requires the handler module to define exactly one class)."""
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from payload import Parsed, labelled
+from payload import Parsed
 from signature import Signature
 
 
@@ -25,7 +25,7 @@ class PredictionMetrics:
             if request.error is not None:
                 self.errors.add_or_update(1, [*model, request.error.kind])
                 continue
-            for text, probability, label in zip(request.texts, *labelled(request.probabilities, signature)):
+            for text, probability, label in zip(request.texts, request.probabilities, request.labels):
                 labels[label] += 1
                 self.probability.add_or_update(probability, model)
                 self.input_kchars.add_or_update(len(text) / 1000, model)

@@ -5,29 +5,39 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from text import Features
+from text import Encoder, Features, WordPieceEncoder
 
 MODEL_NAME = "sentiment"
 SIGNATURE_FILE = "signature.json"
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
+TOKENIZER_FILE = "tokenizer.json"
+NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
+TRANSFORMER_INPUTS = [
+    {"name": "input_ids", "dtype": "int64", "shape": ["batch", "length"], "doc": "WordPiece ids, [CLS] ... [SEP], padded with 0"},
+    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "length"], "doc": "1 for a real token, 0 for padding"},
+]
 
 
 @dataclass
 class Signature:
     model_name: str
     version: str
-    features: Features
+    features: Features | None  # v1's n-gram settings; None for the transformer
     metrics: dict
     data_md5: dict
+    architecture: str = NBSVM
     labels: tuple = ("negative", "positive")
     threshold: float = 0.5
     max_chars: int = 10_000  # per text; long film reviews run to ~14k characters, rt-polarity snippets to ~270
     max_texts: int = 64  # per request in {"texts": [...]}
     model_file: str = MODEL_FILE
     onnx_file: str = ONNX_FILE
-    vocab_file: str = VOCAB_FILE
+    vocab_file: str | None = VOCAB_FILE  # v1
+    tokenizer_file: str | None = None  # v2: the pretrained model's tokenizer.json
+    max_length: int | None = None  # v2: tokens per text, [CLS] and [SEP] included
+    head_tokens: int | None = None  # v2: of a longer text, this many tokens from the start, the rest from the end
     inputs: list = field(
         default_factory=lambda: [
             {"name": "ids", "dtype": "int64", "shape": ["n_features"], "doc": "feature ids of all texts, concatenated"},
@@ -37,6 +47,8 @@ class Signature:
     outputs: list = field(
         default_factory=lambda: [{"name": "logit", "dtype": "float32", "shape": ["batch"], "doc": "probability = sigmoid(logit)"}]
     )
+    # The test split in the served histograms' bins (drift.reference_distribution): what monitoring compares live traffic with.
+    reference: dict = field(default_factory=dict)
 
     def label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]
@@ -48,10 +60,18 @@ class Signature:
     def load(cls, folder: Path) -> "Signature":
         fields = json.loads((Path(folder) / SIGNATURE_FILE).read_text())
         fields["labels"] = tuple(fields["labels"])
-        fields["features"] = Features(**fields["features"])
+        if fields["features"] is not None:
+            fields["features"] = Features(**fields["features"])
         return cls(**fields)
 
 
 def load_vocab_index(folder: Path, signature: Signature) -> dict[str, int]:
     vocab = json.loads((Path(folder) / signature.vocab_file).read_text())
     return {gram: i for i, gram in enumerate(vocab)}
+
+
+def load_encoder(folder: Path, signature: Signature) -> Encoder | WordPieceEncoder:
+    """The featuriser this artifact was trained with; both map texts to the core's inputs (`inputs(texts)`)."""
+    if signature.architecture == TRANSFORMER:
+        return WordPieceEncoder(Path(folder) / signature.tokenizer_file, signature.max_length, signature.head_tokens)
+    return Encoder(load_vocab_index(folder, signature), signature.features)

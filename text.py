@@ -2,7 +2,9 @@
 
 The training data (rt-polarity) is already lower-cased and tokenised with punctuation split off;
 real client text is not. `tokenize` maps both to the same token stream, so the served model
-sees exactly what it was trained on.
+sees exactly what it was trained on. Each model version has one featuriser with the same entry
+point, `inputs(texts) -> the core's input tensors`: `Encoder` (v1, n-gram ids) and
+`WordPieceEncoder` (v2, the transformer's WordPiece ids and attention mask).
 """
 
 import html
@@ -11,7 +13,10 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable, Sequence
+
+import torch
 
 _TAG = re.compile(r"</?[a-zA-Z][^<>]*>")  # a tag, not any "<3 ... >" in prose
 # A word keeps inner apostrophes and hyphens ("he's", "co-writer"); any other symbol is a token of its own.
@@ -80,6 +85,8 @@ class Encoder:
     most of the encoding time. The ids are those of `features(text)` that the vocabulary knows, in
     the same order; unknown features are dropped (an empty bag scores the bias)."""
 
+    max_batch = 1 << 16  # texts per forward pass in model_def.predict_proba: a bag costs the core next to nothing
+
     def __init__(self, index: dict[str, int], features: Features):
         self.index, self.features = index, features
         self._char_ids = lru_cache(maxsize=1 << 17)(self._word_char_ids)
@@ -103,3 +110,58 @@ class Encoder:
             offsets.append(len(ids))
             ids.extend(self(text))
         return ids, offsets
+
+    def inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The v1 core's inputs: int64 ids [n_features] and offsets [batch]."""
+        ids, offsets = self.batch(texts)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
+def blank_tags(text: str) -> str:
+    """HTML tags replaced by as many spaces, so character offsets into the client's text still hold."""
+    return _TAG.sub(lambda tag: " " * len(tag.group()), text)
+
+
+class WordPieceEncoder:
+    """Text -> (input_ids, attention_mask) for the v2 transformer, with the tokenizer.json that
+    shipped with its pretrained weights (Rust `tokenizers`: BERT normalisation, i.e. lower case and
+    accents dropped as in v1's `normalize`, then WordPiece). HTML tags are blanked first as in v1;
+    HTML entities are left to the tokenizer (v1 unescapes them).
+
+    Texts longer than `max_length` tokens keep their head and their tail (`head_tokens` from the
+    start, the rest from the end): a review's verdict is often in its last lines (Sun et al. 2019,
+    "How to Fine-Tune BERT for Text Classification", found head+tail best on IMDb)."""
+
+    max_batch = 64  # texts per forward pass: attention memory grows with batch x length^2
+
+    def __init__(self, tokenizer_file: Path, max_length: int, head_tokens: int):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_truncation()  # done here, head + tail
+        self.tokenizer.no_padding()  # done here, to the longest text of each batch
+        self.max_length, self.head_tokens = max_length, head_tokens
+        self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """[CLS] + the kept WordPiece ids + [SEP] for each text."""
+        keep = self.max_length - 2
+        tail_tokens = keep - self.head_tokens
+        rows = []
+        for encoding in self.tokenizer.encode_batch([blank_tags(t) for t in texts], add_special_tokens=False):
+            ids = encoding.ids
+            if len(ids) > keep:
+                ids = ids[: self.head_tokens] + ids[len(ids) - tail_tokens :]
+            rows.append([self.cls, *ids, self.sep])
+        return rows
+
+    def inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The v2 core's inputs: int64 input_ids and attention_mask [batch, longest text], padded with id 0."""
+        rows = self.token_ids(texts)
+        length = max(map(len, rows))
+        input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        return input_ids, attention_mask

@@ -132,8 +132,7 @@ def main() -> None:
     started = time.perf_counter()
     texts, labels, md5 = load_dataset(args.data)
     model, config, vocab, metrics = train(texts, labels, args.seed, args.epochs)
-    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
-    metrics["data_md5"] = md5
+    metrics.update(train_seconds=round(time.perf_counter() - started, 1), data_md5=md5, data_dir=str(args.data.resolve()))
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({"config": asdict(config), "features": asdict(FEATURES), "state_dict": model.state_dict()}, args.out / "checkpoint.pt")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import batch_predict
-from batch_predict import run
+from batch_predict import run, score_frame
+from payload import Parsed, response_body
 from train import load_dataset, predict_proba
 
 GOOD = ["a gorgeous, moving film with a wonderful cast", "dull and far too long", "the best thing i have seen this year"]
@@ -22,13 +23,25 @@ def score_texts(export_dir, texts, tmp_path, batch_size=batch_predict.BATCH_SIZE
 
 
 def test_probabilities_equal_training_predict_proba(export_dir, encoder, signature, tmp_path):
+    """Offline scores are training's predict_proba, rounded and labelled as the endpoint answers."""
     texts = load_dataset()[0][:700]
     out = score_texts(export_dir, texts, tmp_path, batch_size=128)  # several batches
     core = torch.jit.load(str(export_dir / signature.model_file))
     expected = predict_proba(core, texts, encoder).tolist()
-    assert out["probability"].tolist() == expected
-    assert out["label"].tolist() == [signature.label(p) for p in expected]
+    assert out["probability"].tolist() == [round(p, 6) for p in expected]
+    assert out["label"].tolist() == [signature.label(round(p, 6)) for p in expected]
     assert out["error"].isna().all()
+
+
+def test_a_text_at_the_threshold_gets_the_endpoints_label_offline(signature):
+    """Regression: batch scoring labelled the unrounded probability, the endpoint the rounded one, so
+    0.4999996 was "negative" offline and "positive" (0.5) online. Both go through payload.labelled now."""
+    near = [signature.threshold - 4e-7, signature.threshold - 6e-7]
+    frame = pd.DataFrame({"text": ["a", "b"]})
+    out = score_frame(frame, lambda texts: near, "text", signature)
+    online = response_body(Parsed(texts=["a", "b"], form="texts").answer(near, signature), signature)["predictions"]
+    assert out["label"].tolist() == [p["label"] for p in online] == ["positive", "negative"]
+    assert out["probability"].tolist() == [p["probability"] for p in online]
 
 
 def test_bad_csv_rows_are_reported_with_line_numbers_and_marked(export_dir, signature, tmp_path, caplog):

@@ -1,6 +1,7 @@
 """Continued evaluation: the handler's Prometheus metrics count exactly what was served, and
 evaluate.py scores the served model exactly as train.evaluate scores the exported one."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -136,21 +137,32 @@ def test_evaluate_on_a_labelled_file(server, signature, tmp_path):
     csv_file.write_text("label,text\n" + "".join(f'{label},"{text}"\n' for text, label in rows))
     jsonl_file = tmp_path / "reviews.jsonl"
     jsonl_file.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
-    assert evaluate.load_labelled(csv_file) == evaluate.load_labelled(jsonl_file) == ([t for t, _ in rows], [1, 0, 1, 0])
+    assert (evaluate.load_labelled(csv_file, signature.labels) == evaluate.load_labelled(jsonl_file, signature.labels)
+            == ([t for t, _ in rows], [1, 0, 1, 0]))
 
     result = evaluate.main(["--data", str(jsonl_file), "--url", server.inference, "--version", signature.version, "--chunk", "3"])
     assert (result["size"], result["correct"], result["accuracy"]) == (4, 3, 0.75)
     assert result["requested_version"] == signature.version and result["served_versions"] == [signature.version]
 
 
-def test_evaluate_rejects_unusable_files_and_answers(server, tmp_path):
+def test_evaluate_rejects_unusable_files_and_answers(server, signature, tmp_path):
     bad_label = tmp_path / "bad.jsonl"
     bad_label.write_text(json.dumps({"text": "fine", "label": "maybe"}) + "\n")
     with pytest.raises(ValueError, match="row 1"):
-        evaluate.load_labelled(bad_label)
+        evaluate.load_labelled(bad_label, signature.labels)
     no_text = tmp_path / "no_text.csv"
     no_text.write_text("review,label\ngreat,1\n")
     with pytest.raises(ValueError, match="'text'"):
-        evaluate.load_labelled(no_text)
+        evaluate.load_labelled(no_text, signature.labels)
     with pytest.raises(RuntimeError, match="404"):
-        evaluate.evaluate_served(["fine"], [1], server.inference, version="99")
+        evaluate.evaluate_served(["fine"], [1], signature, server.inference, version="99")
+
+
+def test_evaluate_takes_labels_and_limits_from_the_served_models_signature(server, signature):
+    """Answers from another version than the signature's are refused; the chunk never exceeds its max_texts."""
+    other = dataclasses.replace(signature, version="7")
+    with pytest.raises(RuntimeError, match=r"version\(s\) \['1'\], but the signature is version 7"):
+        evaluate.evaluate_served(["fine"], [1], other, server.inference)
+    assert [evaluate.parse_label(name, ("bad", "good")) for name in ("good", "bad", "1")] == [1, 0, 1]
+    texts = [POSITIVE[0]] * (signature.max_texts + 1)  # one request of them all would be refused (too_many_texts)
+    assert evaluate.evaluate_served(texts, [1] * len(texts), signature, server.inference, chunk=1000)["size"] == len(texts)

@@ -361,18 +361,18 @@ def test_response_body_of_a_rejected_request_is_its_error(sig):
 
 
 def test_response_body_single_text(sig):
-    body = response_body(Parsed(texts=["good"], probabilities=[0.912345678]), sig)
+    body = response_body(Parsed(texts=["good"]).answer([0.912345678], sig), sig)
     assert body == {"label": "positive", "probability": 0.912346, "model_version": "test"}
 
 
 def test_response_body_texts_list(sig):
-    body = response_body(Parsed(texts=["good", "bad"], form="texts", probabilities=[0.9, 0.1]), sig)
+    body = response_body(Parsed(texts=["good", "bad"], form="texts").answer([0.9, 0.1], sig), sig)
     assert body == {"predictions": [{"label": "positive", "probability": 0.9}, {"label": "negative", "probability": 0.1}],
                     "model_version": "test"}
 
 
 def test_response_body_v2_echoes_the_id(sig):
-    body = response_body(Parsed(texts=["good", "bad"], form="v2", request_id="req-1", probabilities=[0.9, 0.1]), sig)
+    body = response_body(Parsed(texts=["good", "bad"], form="v2", request_id="req-1").answer([0.9, 0.1], sig), sig)
     assert body == {
         "id": "req-1", "model_name": "sentiment", "model_version": "test",
         "outputs": [
@@ -380,12 +380,12 @@ def test_response_body_v2_echoes_the_id(sig):
             {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["positive", "negative"]},
         ],
     }
-    assert "id" not in response_body(Parsed(texts=["good"], form="v2", probabilities=[0.9]), sig)
+    assert "id" not in response_body(Parsed(texts=["good"], form="v2").answer([0.9], sig), sig)
 
 
 def test_response_label_follows_the_threshold(sig):
-    assert response_body(Parsed(texts=["x"], probabilities=[sig.threshold]), sig)["label"] == "positive"
-    assert response_body(Parsed(texts=["x"], probabilities=[sig.threshold - 0.01]), sig)["label"] == "negative"
+    assert response_body(Parsed(texts=["x"]).answer([sig.threshold], sig), sig)["label"] == "positive"
+    assert response_body(Parsed(texts=["x"]).answer([sig.threshold - 0.01], sig), sig)["label"] == "negative"
 
 
 @pytest.mark.parametrize("form", ["text", "texts", "v2"])
@@ -393,7 +393,7 @@ def test_reported_probability_and_label_agree_at_the_threshold(sig, form):
     """Regression: the label came from the unrounded probability, so 0.4999996 was answered
     {label: negative, probability: 0.5}. Now both come from the rounded value, in every response form."""
     near = [sig.threshold - 4e-7, sig.threshold - 6e-7, sig.threshold + 4e-7]
-    body = response_body(Parsed(texts=["x"] * 3, form=form, probabilities=near), sig)
+    body = response_body(Parsed(texts=["x"] * 3, form=form).answer(near, sig), sig)
     if form == "v2":
         outputs = {o["name"]: o["data"] for o in body["outputs"]}
         pairs = list(zip(outputs["label"], outputs["probability"]))

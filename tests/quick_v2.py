@@ -1,0 +1,23 @@
+"""A quickly fine-tuned v2 (the transformer) for the tests: the real pipeline (`make archive VERSION=2`:
+verified pretrained weights, train_transformer.py, export with its parity checks, archive) cut to a
+few optimizer steps, in a build folder of its own so that it never stands in for the real
+build/v2. Its accuracy is far below the real v2's; what the tests check does not depend on it."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "test-v2"
+EXPORT = BUILD / "export"
+STORE = BUILD / "model_store"  # sentiment.mar (v1, copied) and sentiment_v2.mar (this build)
+TRAIN_ARGS = "--max-steps 40 --eval-size 200"
+
+
+def build() -> Path:
+    """Build (or, when up to date, reuse) the quick v2 archive; returns the model store holding v1 and v2."""
+    subprocess.run(["make", "-s", "archive", "VERSION=2", f"BUILD={BUILD}", f"STORE={STORE}", f"TRAIN_ARGS={TRAIN_ARGS}"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["make", "-s", "archive"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    shutil.copyfile(ROOT / "model_store" / "sentiment.mar", STORE / "sentiment.mar")
+    return STORE

@@ -1,0 +1,178 @@
+"""v2, the transformer: its featuriser, its pretrained weights, its export, and its archive served by
+a real TorchServe beside v1 through the same handler contract."""
+
+import json
+
+import pytest
+import requests
+import torch
+from tokenizers import Tokenizer
+
+import pretrained
+import quick_v2
+from export import OnnxCore, load_checkpoint, test_split
+from local_server import LocalTorchServe
+from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
+from signature import TRANSFORMER, Signature, load_encoder
+from text import WordPieceEncoder
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+POSITIVE = "A gorgeous, moving film with a wonderful cast. I loved every minute of it."
+NEGATIVE = "Dull, lifeless and far too long: a tedious waste of time."
+REVIEW_WORDS = "the film is a joy to watch , funny and warm , with a cast that never puts a foot wrong . ".split()
+
+
+@pytest.fixture(scope="module")
+def store():
+    return quick_v2.build()
+
+
+@pytest.fixture(scope="module")
+def v2_signature(store) -> Signature:
+    return Signature.load(quick_v2.EXPORT)
+
+
+@pytest.fixture(scope="module")
+def wordpiece(v2_signature) -> WordPieceEncoder:
+    return load_encoder(quick_v2.EXPORT, v2_signature)
+
+
+# --- the featuriser ------------------------------------------------------------------------------
+
+
+def reference_ids(text: str) -> list[int]:
+    """The shipped tokenizer.json's own encoding ([CLS] ... [SEP]), padding dropped."""
+    tokenizer = Tokenizer.from_file(str(quick_v2.EXPORT / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer.encode(text).ids
+
+
+@pytest.mark.parametrize("text", [POSITIVE, NEGATIVE, "it's not a masterpiece , but i loved it !", "Ünïcödé café, naïve résumé"])
+def test_ids_are_the_tokenizers_own(wordpiece, text):
+    assert wordpiece.token_ids([text]) == [reference_ids(text)]
+
+
+def test_accents_and_case_are_normalised_as_in_v1(wordpiece):
+    assert wordpiece.token_ids(["CAFÉ Naïve"]) == wordpiece.token_ids(["cafe naive"])
+
+
+def test_html_tags_are_blanked_without_moving_offsets(wordpiece):
+    assert wordpiece.token_ids(["great<br />film"]) == wordpiece.token_ids(["great film"])
+    assert wordpiece.token_ids(["<i>great</i> film"]) == wordpiece.token_ids(["great film"])
+
+
+def test_padding_is_per_batch_and_masked(wordpiece):
+    input_ids, attention_mask = wordpiece.inputs(["short", POSITIVE])
+    lengths = [len(reference_ids("short")), len(reference_ids(POSITIVE))]
+    assert input_ids.shape == attention_mask.shape == (2, max(lengths))
+    assert attention_mask.sum(1).tolist() == lengths
+    assert input_ids[0, lengths[0]:].eq(0).all() and input_ids.dtype == attention_mask.dtype == torch.int64
+
+
+def test_long_text_keeps_its_head_and_tail(wordpiece, v2_signature):
+    text = " ".join(REVIEW_WORDS * 40) + " in the end , a dreadful bore ."
+    full = reference_ids(text)[1:-1]
+    (kept,) = wordpiece.token_ids([text])
+    head, tail = v2_signature.head_tokens, v2_signature.max_length - 2 - v2_signature.head_tokens
+    assert len(full) > v2_signature.max_length and len(kept) == v2_signature.max_length
+    cls, sep = reference_ids("")
+    assert kept == [cls, *full[:head], *full[-tail:], sep]
+    assert Tokenizer.from_file(str(quick_v2.EXPORT / "tokenizer.json")).decode(kept[-8:-1]) == "in the end, a dreadful bore."
+
+
+# --- pretrained weights and the classifier -------------------------------------------------------
+
+
+def test_other_weights_are_refused(tmp_path):
+    (tmp_path / pretrained.WEIGHTS_FILE).write_bytes(b"not the model")
+    (tmp_path / pretrained.TOKENIZER_FILE).write_text("{}")
+    with pytest.raises(SystemExit, match="refusing to use it"):
+        pretrained.verify(tmp_path)
+
+
+def test_pretrained_weights_missing_a_layer_are_refused(store):
+    from safetensors.torch import load_file
+
+    weights = load_file(str(pretrained.verify()))
+    del weights["encoder.layer.5.output.dense.weight"]
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pretrained_encoder(TransformerClassifier(TransformerConfig()), weights)
+
+
+def test_batch_equals_singles_and_padding_changes_nothing(store, wordpiece):
+    core = torch.jit.load(str(quick_v2.EXPORT / "model.pt"))
+    texts = [POSITIVE, "ok", NEGATIVE, " ".join(REVIEW_WORDS * 20)]
+    batched = predict_proba(core, texts, wordpiece)
+    singles = torch.cat([predict_proba(core, [t], wordpiece) for t in texts])
+    assert (batched - singles).abs().max() < 1e-5
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def test_signature_describes_the_transformer(v2_signature):
+    assert v2_signature.architecture == TRANSFORMER and v2_signature.version == "2"
+    assert [spec["name"] for spec in v2_signature.inputs] == ["input_ids", "attention_mask"]
+    assert v2_signature.tokenizer_file == "tokenizer.json" and v2_signature.features is None
+    assert 0 < v2_signature.head_tokens < v2_signature.max_length <= 512
+
+
+def test_torchscript_and_onnx_agree_with_eager_on_test_texts(store, v2_signature, wordpiece):
+    model, _ = load_checkpoint(quick_v2.BUILD)
+    metrics = json.loads((quick_v2.BUILD / "metrics.json").read_text())
+    texts = test_split(metrics)[:300]
+    eager = predict_proba(model, texts, wordpiece)
+    scripted = predict_proba(torch.jit.load(str(quick_v2.EXPORT / "model.pt")), texts, wordpiece)
+    onnx = predict_proba(OnnxCore(quick_v2.EXPORT / "model.onnx", v2_signature), texts, wordpiece)
+    assert (scripted - eager).abs().max() < 1e-4
+    assert (onnx - eager).abs().max() < 1e-4
+
+
+# --- served: v1 and v2 side by side on one TorchServe ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both(store):
+    with LocalTorchServe(store, models="sentiment.mar,sentiment_v2.mar") as ts:
+        yield ts
+
+
+def predict(ts, body, version: str, **kwargs) -> requests.Response:
+    return requests.post(f"{ts.inference}/predictions/sentiment/{version}", timeout=60, **kwargs,
+                         **({"json": body} if body is not None else {}))
+
+
+def test_v1_and_v2_answer_side_by_side(both):
+    for version in ("1", "2"):
+        answer = predict(both, {"texts": [POSITIVE, NEGATIVE]}, version)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model_version"] == version
+        assert [p["label"] for p in body["predictions"]] == ["positive", "negative"]
+
+
+def test_v2_batch_equals_singles_and_every_form_works(both):
+    texts = [POSITIVE, NEGATIVE, "ok"]
+    batch = [p["probability"] for p in predict(both, {"texts": texts}, "2").json()["predictions"]]
+    singles = [predict(both, {"text": t}, "2").json()["probability"] for t in texts]
+    plain = predict(both, None, "2", data=texts[0].encode(), headers={"Content-Type": "text/plain"}).json()
+    v2 = predict(both, {"id": "7", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": texts}]}, "2").json()
+    assert batch == pytest.approx(singles, abs=2e-6)
+    assert plain["probability"] == pytest.approx(singles[0], abs=2e-6)
+    assert v2["id"] == "7" and v2["outputs"][0]["data"] == pytest.approx(batch, abs=2e-6)
+
+
+@pytest.mark.parametrize("body, kind", [
+    ({"text": ""}, "empty_text"),
+    ({"text": "x" * 10_001}, "text_too_long"),
+    ({"texts": []}, "too_many_texts"),
+    ({"review": "x"}, "missing_text"),
+    ({"text": 3}, "wrong_type"),
+    ({"text": "a\x00b"}, "null_byte"),
+])
+def test_v2_bad_input_gets_the_same_400_as_v1(both, body, kind):
+    answers = [predict(both, body, version) for version in ("1", "2")]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert [a.json()["kind"] for a in answers] == [kind, kind]
