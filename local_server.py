@@ -202,6 +202,7 @@ class LocalTorchServe:
             return False
 
     def ready_workers(self, model: str = "sentiment") -> int:
+        """Kept for tests/test_integration.py; the same as self.admin.ready_workers(model)."""
         return self.admin.ready_workers(model)
 
     def log(self, name: str = "ts_log.log") -> str:

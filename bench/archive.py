@@ -1,9 +1,9 @@
 """The served model outside TorchServe, loaded from the archive (.mar) as the handler loads it.
 
-The naive baseline (naive_app.py) and the in-process measurements (inprocess.py) import text.py,
-signature.py, payload.py and model_def.py and load model.pt / vocab.json / signature.json from the
-extracted archive, not from the working tree: they run exactly the code and weights TorchServe
-serves, even while the working tree is being changed or rebuilt.
+The in-process measurements (inprocess.py) import text.py, signature.py, payload.py and model_def.py
+and load model.pt / vocab.json / signature.json from the extracted archive, not from the working
+tree: they run exactly the code and weights TorchServe serves, even while the working tree is being
+changed or rebuilt.
 """
 
 import importlib
@@ -24,7 +24,7 @@ def extract(mar: Path, into: Path | None = None) -> Path:
 
 
 class Served:
-    """Encode, forward, request parsing and response bodies of one extracted archive."""
+    """Encode and forward of one extracted archive (v1: text.Encoder and model_def.to_tensors)."""
 
     def __init__(self, model_dir: Path):
         import torch
@@ -51,11 +51,3 @@ class Served:
     def forward(self, tensors, model=None) -> list[float]:
         with self.torch.inference_mode():
             return self.torch.sigmoid((model or self.model)(*tensors)).tolist()
-
-    def parse(self, body: bytes, content_type: str | None):
-        return self.payload.parse_request(body, content_type, self.signature)
-
-    def response(self, parsed, probabilities: list[float]) -> dict:
-        """The handler's response body."""
-        parsed.probabilities = probabilities
-        return self.payload.response_body(parsed, self.signature)

@@ -1,69 +1,34 @@
-"""The load grid: the naive app, and TorchServe over workers x batch size (then a batch-delay
-sweep of the recommended pair), each at every client count; the choice of the configuration to ship.
+"""The load grid: TorchServe over workers x batch size, then a batch-delay sweep of the recommended
+pair, each at every client count with the realistic mix of bodies; the choice of what to ship.
 
-  naive       bench/naive_app.py, one request at a time (and one point with TCP_NODELAY off, to show
-              the Nagle / delayed-ACK stall)
-  ping        TorchServe GET /ping: the frontend's own ceiling
-  shipped     TorchServe with the archive's own model-config.yaml (as `make serve` runs it)
-  wXbY        TorchServe, X workers, batch size Y, max batch delay GRID_DELAY_MS (re-registered
-              through the management API); then wXbYdZ, a max-batch-delay sweep of the recommended one
+  wXbY      X workers, batch size Y, max batch delay GRID_DELAY_MS (re-registered through the
+            management API on a private TorchServe with the model-control API on)
+  wXbYdZ    the recommended workers x batch size with a max batch delay of Z ms
 """
 
 import time
 from pathlib import Path
 
-import psutil
-import requests
-
 from common import CONCURRENCY, MODEL, at, log
-from headtohead import head_to_head
-from measure import Bench, tree
-from servers import naive_server, register, scale, stop_process, torchserve, ts_groups
+from measure import Bench
+from servers import register, scale, torchserve, ts_groups
 
 GRID_WORKERS = (1, 2)
 GRID_BATCH = (1, 8, 32)
 GRID_DELAY_MS = 5
 DELAY_SWEEP_MS = (1, 2, 10)  # besides GRID_DELAY_MS, for the recommended workers x batch size
-JVM_WARM_S = 8.0  # an unrecorded burst of predictions before the first TorchServe point
-SWEEP_RESERVE_S = 200  # seconds of the budget that must be left to try one more delay
+JVM_WARM_S = 8.0  # an unrecorded burst of predictions before the first point
+SWEEP_RESERVE_S = 100  # seconds of the budget that must be left to try one more delay
 
 
-def run_naive(bench: Bench, results: dict, sample_bodies: list[str], model_dir: Path) -> None:
-    # The Nagle / delayed-ACK check: TCP_NODELAY off on the server's sockets, one client.
-    process, url = naive_server(model_dir, bench.scratch, nodelay=False)
-    try:
-        group = {"server": lambda: tree(psutil.Process(process.pid))}
-        bench.point("naive_nodelay_off", url + f"/predictions/{MODEL}", 1, {"tcp_nodelay": False}, group)
-    finally:
-        stop_process(process)
-    process, url = naive_server(model_dir, bench.scratch, nodelay=True)
-    try:
-        results["naive_sample_predictions"] = [requests.post(url + f"/predictions/{MODEL}", data=b.encode(), timeout=10,
-                                                             headers={"Content-Type": "application/json"}).json() for b in sample_bodies]
-        group = {"server": lambda: tree(psutil.Process(process.pid))}
-        for c in CONCURRENCY:
-            bench.point("naive", url + f"/predictions/{MODEL}", c, {"tcp_nodelay": True, "model": "archive TorchScript", "torch_threads": 1}, group)
-    finally:
-        stop_process(process)
-
-
-def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list[str], model_dir: Path) -> None:
-    with torchserve(store) as ts:
+def run(bench: Bench, results: dict, store: Path, batch_sizes: tuple = GRID_BATCH, sweep: tuple = DELAY_SWEEP_MS) -> None:
+    """The grid, the choice (results["choice"]) and the final configuration (results["final_config"])."""
+    with torchserve(store, model_api=True) as ts:
         predict = f"{ts.inference}/predictions/{MODEL}"
         groups = ts_groups(ts)
-        for c in CONCURRENCY:
-            bench.point("ping", ts.inference + "/ping", c, {}, groups, post=False, ts=ts)
-        (shipped,) = ts.admin.describe()
-        shipped_config = {k: shipped[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")}
-        results["shipped_model_config"] = shipped_config
-        results["torchserve_sample_predictions"] = [requests.post(predict, data=b.encode(), timeout=10,
-                                                                  headers={"Content-Type": "application/json"}).json() for b in sample_bodies]
         log(f"warming the JVM up: {JVM_WARM_S:.0f} s of predictions at {CONCURRENCY[-1]} clients, not recorded")
         bench.burst(predict, CONCURRENCY[-1], JVM_WARM_S)
-        for c in CONCURRENCY:
-            bench.point("shipped", predict, c, {"workers": len(shipped["workers"]), "batch_size": shipped["batchSize"],
-                                                 "max_batch_delay_ms": shipped["maxBatchDelay"]}, groups, ts=ts)
-        for batch_size in GRID_BATCH:
+        for batch_size in batch_sizes:
             for i, workers in enumerate(GRID_WORKERS):
                 started = time.monotonic()
                 register(ts, workers, batch_size, GRID_DELAY_MS) if i == 0 else scale(ts, workers)
@@ -74,7 +39,7 @@ def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list
         choice = choose(bench.points)
         results["choice"] = choice
         workers, batch_size = choice["recommended"]["workers"], choice["recommended"]["batch_size"]
-        for delay in DELAY_SWEEP_MS if batch_size > 1 else ():  # no delay without batching
+        for delay in sweep if batch_size > 1 else ():  # no delay without batching
             if bench.time_left() < SWEEP_RESERVE_S:
                 log(f"skipping max_batch_delay={delay} ms: {bench.time_left():.0f} s of the {bench.args.budget:.0f} s budget left")
                 continue
@@ -82,14 +47,12 @@ def run_torchserve(bench: Bench, results: dict, store: Path, sample_bodies: list
             config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay}
             for c in CONCURRENCY:
                 bench.point(f"w{workers}b{batch_size}d{delay}", predict, c, config, groups, ts=ts, sweep=True)
-        final = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": best_delay(delay_sweep(bench.points, choice["recommended"]))}
-        results["final_config"] = final
-        register(ts, final["workers"], final["batch_size"], final["max_batch_delay_ms"])
-        head_to_head(bench, results, ts, store, final, model_dir)
+    results["final_config"] = {"workers": workers, "batch_size": batch_size,
+                               "max_batch_delay_ms": best_delay(delay_sweep(bench.points, choice["recommended"]))}
 
 
 def choose(points: list[dict]) -> dict:
-    """workers x batch size from the grid (max batch delay 5 ms for all), by capacity() at the top
+    """workers x batch size from the grid (max batch delay GRID_DELAY_MS for all), by capacity() at the top
     concurrency: the throughput the configuration would sustain with the host to itself, from the
     CPU it spent per request. Unlike the raw throughput of a point, that barely depends on how much
     CPU other processes happened to leave during it. recommended = the fewest workers, then the

@@ -1,98 +1,100 @@
-"""The target comparison at the top client count, in interleaved rounds so that every case shares
-the same background load: naive, TorchServe in the final configuration, its /ping, and the same
-configuration on one more TorchServe per frontend variant (VARIANTS)."""
+"""Head-to-head: TorchServe as shipped against honest peers, each in its own process tree and alone
+on the machine while measured, with the same request bodies, the same client (bench/loadgen.py)
+and the same scoring function (bench/model.py: the peers load the exported artifact through
+batch_predict.load_core; TorchServe serves the archive built from it).
 
-import statistics
-from contextlib import ExitStack
+  torchserve         TorchServe with config.properties and the archive's model-config.yaml (`make serve`)
+  torchserve-ping    the same server's /ping, POSTed the same bodies: its HTTP path without the model
+  fastapi-Nworkers   FastAPI + `uvicorn --workers N`, N = cores, TCP_NODELAY set (fastapi_app.py)
+  fastapi-1worker    the same with one worker: the naive baseline, one request at a time
+  litserve           LitServe with dynamic batching: TorchServe's batch size and delay, one inference
+                     process per core (litserve_app.py)
+
+Bodies: short (26-word snippets), long (~1,000-character reviews of snippets), mix (the realistic
+mix); 1, 8 and 32 clients. Each server gets the same unrecorded warm-up first (a fresh JVM spends
+several times the CPU per request until its JIT has compiled the hot paths). Also measured once:
+fastapi-Nworkers without the TCP_NODELAY protocol, on uvloop and on asyncio's loop (the Nagle /
+delayed-ACK stall).
+"""
+
 from pathlib import Path
 
 import psutil
+import requests
 
 from common import CONCURRENCY, MODEL, log
-from local_server import LocalTorchServe
-from measure import Bench, tree
-from servers import naive_server, register, stop_process, torchserve, ts_groups
+from measure import Bench
+from servers import Server, fastapi, litserve, torchserve, ts_groups
 
-H2H_ROUNDS = 3  # interleaved rounds
-H2H_WARM_S = 5.0  # an unrecorded burst per server before the rounds
-# Frontend settings tried against config.properties, each on its own server. fresh_jvm is the
-# control: a second server with config.properties unchanged, started and warmed exactly like the
-# variants (a fresh JVM spends several times the frontend CPU per request until its JIT has run).
-VARIANTS = {"fresh_jvm": {}, "netty1": {"number_of_netty_threads": "1", "netty_client_threads": "1"}}
-VARIANTS_RESERVE_S = 150  # seconds of the budget that must be left to start the variants
+BODY_KINDS = ("short", "long", "mix")
+WARM_S = 8.0  # an unrecorded burst at the top client count, per server, before its points
 
 
-def head_to_head(bench: Bench, results: dict, ts: LocalTorchServe, store: Path, final: dict, model_dir: Path) -> None:
-    """The target comparisons at the top concurrency, interleaved so that every case sees the same
-    background load: naive, TorchServe with the final configuration, its /ping, and (unless
-    --skip-variants) the same configuration on one more TorchServe per VARIANTS entry, in turn,
-    H2H_ROUNDS times. The targets are computed from the medians of these rounds."""
-    top = CONCURRENCY[-1]
-    process, naive_url = naive_server(model_dir, bench.scratch, nodelay=True)
-    try:
-        with ExitStack() as stack:
-            cases = [("naive", naive_url + f"/predictions/{MODEL}", {"server": lambda: tree(psutil.Process(process.pid))}, True, None, {}),
-                     ("torchserve", f"{ts.inference}/predictions/{MODEL}", ts_groups(ts), True, ts, final),
-                     ("ping", ts.inference + "/ping", ts_groups(ts), False, ts, {})]
-            variants = {} if bench.args.skip_variants else VARIANTS
-            if variants and bench.time_left() < VARIANTS_RESERVE_S:
-                log(f"skipping the frontend variants: {bench.time_left():.0f} s of the {bench.args.budget:.0f} s budget left")
-                variants = {}
-            for name, overrides in variants.items():
-                server = stack.enter_context(torchserve(store, overrides))
-                register(server, final["workers"], final["batch_size"], final["max_batch_delay_ms"])
-                cases.append((f"torchserve_{name}", f"{server.inference}/predictions/{MODEL}", ts_groups(server), True, server,
-                              {**final, **overrides}))
-            for _, url, _, post, _, _ in cases:
-                bench.burst(url, top, H2H_WARM_S, post)
-            for round_ in range(1, H2H_ROUNDS + 1):
-                shift = (round_ - 1) % len(cases)  # rotate the order, so no case always follows the same one
-                for name, url, groups, post, server, config in cases[shift:] + cases[:shift]:
-                    bench.point(f"h2h_{name}", url, top, config, groups, post=post, ts=server, h2h=round_)
-    finally:
-        stop_process(process)
+def run(bench: Bench, results: dict, version: str, store: Path, artifact: Path, shipped: dict, threads: int,
+        sample: list[str]) -> list[dict]:
+    """Every server in turn: warm-up, its answers to `sample` (request bodies), then a point per body
+    and client count. Returns the head_to_head rows; the points go to bench.points, the rest into `results`."""
+    cores = psutil.cpu_count()
+    batch_timeout_s = shipped.get("maxBatchDelay", 100) / 1000
+    peers = [lambda: fastapi(artifact, 1, threads, bench.scratch),
+             lambda: fastapi(artifact, cores, threads, bench.scratch),
+             lambda: litserve(artifact, cores, threads, shipped.get("batchSize", 1), batch_timeout_s, bench.scratch)]
+    rows, samples = [], {}
+    for start in peers:
+        with start() as server:
+            samples[server.name] = measure_server(bench, server, version, rows, sample)
+    with torchserve(store) as ts:
+        (described,) = ts.admin.describe()
+        config = {k: described[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")}
+        server = Server("torchserve", ts.inference, ts_groups(ts), config, ts)
+        samples["torchserve"] = measure_server(bench, server, version, rows, sample)
+        measure_server(bench, Server("torchserve-ping", ts.inference, ts_groups(ts), config, ts), version, rows, None, path="/ping")
+    results["head_to_head_parity"] = parity(samples)
+    results["tcp_nodelay_check"] = nagle_check(bench, artifact, cores, threads, rows)
+    return rows
 
 
-def h2h_medians(points: list[dict]) -> dict:
-    """Per head-to-head case: the median (and range) over the interleaved rounds."""
-    out = {}
-    for case in dict.fromkeys(p["case"] for p in points if p.get("h2h")):
-        rows = [p for p in points if p["case"] == case]
-        rps = [p["throughput_rps"] for p in rows]
-        p99 = [p["latency_ms"]["p99"] for p in rows if p["latency_ms"]["p99"] is not None]
-        median = lambda key: round(statistics.median(p.get(key) or 0 for p in rows), 2)  # noqa: E731
-        out[case.removeprefix("h2h_")] = {
-            "config": rows[0]["config"], "rounds": len(rows),
-            "throughput_rps": round(statistics.median(rps), 1), "throughput_range": [min(rps), max(rps)],
-            "p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in rows), 3),
-            "p99_ms": round(statistics.median(p99), 3) if p99 else None, "p99_range": [min(p99), max(p99)] if p99 else None,
-            "errors": sum(p["errors"] for p in rows),
-            "server_cpu_us_per_request": median("server_cpu_us_per_request"),
-            "worker_cpu_us_per_request": median("worker_cpu_us_per_request") or None,
-            "capacity_rps": median("capacity_rps"),
-            "client_cpu_us_per_request": median("client_cpu_us_per_request"),
-            "client_cpu_cores": round(statistics.median(p["client_cpu_cores"] for p in rows), 3),
-            "other_processes_cpu_cores": round(statistics.median(p["cpu_cores"]["other_processes"] for p in rows), 3),
-            "avg_batch_size": median("avg_batch_size") or None,
-        }
-    return out
+def measure_server(bench: Bench, server: Server, version: str, rows: list, sample: list[str] | None,
+                   path: str = f"/predictions/{MODEL}") -> list[float] | None:
+    """Warm-up and the probabilities it answers to `sample` (None: neither, /ping of a warm server),
+    then every body x client count."""
+    url = server.url + path
+    if sample is not None:
+        bench.burst(url, CONCURRENCY[-1], WARM_S)
+        with requests.Session() as session:
+            sample = [session.post(url, data=b.encode(), headers={"Content-Type": "application/json"}, timeout=30).json()["probability"]
+                      for b in sample]
+    for body in BODY_KINDS:
+        for c in CONCURRENCY:
+            point = bench.point(f"h2h {server.name} {body}", url, c, server.config, server.groups, body=body, ts=server.ts,
+                                server=server.name, h2h=True)
+            rows.append({"server": server.name, "model_version": version, "body": body, "concurrency": c,
+                         "req_per_s": point["throughput_rps"], "p50_ms": point["latency_ms"]["p50"],
+                         "p99_ms": point["latency_ms"]["p99"], "cpu_us_per_req": point.get("server_cpu_us_per_request"),
+                         "rss_mb": point["memory"]["rss_mb"]})
+    return sample
 
 
-def frontend_verdicts(h2h: dict) -> dict:
-    """Each frontend variant against the control started and warmed the same way (fresh_jvm),
-    judged on server CPU per request (throughput follows it on a saturated host)."""
-    control = h2h.get("torchserve_fresh_jvm")
-    out = {}
-    for name, h in h2h.items():
-        if name.startswith("torchserve_") and name != "torchserve_fresh_jvm" and control:
-            cost = h["server_cpu_us_per_request"] / control["server_cpu_us_per_request"]
-            out[name.removeprefix("torchserve_")] = {
-                "config": h["config"], "throughput_rps": h["throughput_rps"], "p99_ms": h["p99_ms"],
-                "server_cpu_us_per_request": h["server_cpu_us_per_request"],
-                "control_throughput_rps": control["throughput_rps"], "control_p99_ms": control["p99_ms"],
-                "control_server_cpu_us_per_request": control["server_cpu_us_per_request"],
-                "throughput_vs_control": round(h["throughput_rps"] / control["throughput_rps"], 2),
-                "cpu_per_request_vs_control": round(cost, 2),
-                "verdict": "no worse (CPU per request within 10 %)" if cost <= 1.1 else "worse: keep the default"}
-    return out
+def parity(samples: dict) -> dict:
+    """Each server's largest |difference| from TorchServe's probabilities on the same sample."""
+    reference = samples["torchserve"]
+    out = {name: max(abs(a - b) for a, b in zip(sample, reference)) for name, sample in samples.items() if name != "torchserve"}
+    for name, diff in out.items():
+        if diff > 1e-5:
+            log(f"WARNING: {name} answers differ from TorchServe's by up to {diff}: not the same scoring function")
+    return {"max_abs_diff_vs_torchserve": out, "sample_bodies": len(reference)}
 
+
+def nagle_check(bench: Bench, artifact: Path, cores: int, threads: int, rows: list) -> dict:
+    """One client, short bodies: `uvicorn --workers N` without the TCP_NODELAY protocol, on uvloop
+    (uvicorn's choice where it is installed) and on asyncio's loop, against the peer as measured."""
+    name = f"fastapi-{cores}workers"
+    on = next(r for r in rows if r["server"] == name and r["body"] == "short" and r["concurrency"] == 1)
+    check = {"server": name, "clients": 1, "body": "short",
+             "with_nodelay_protocol": {"req_per_s": on["req_per_s"], "p50_ms": on["p50_ms"]}}
+    for loop in ("auto", "asyncio"):
+        with fastapi(artifact, cores, threads, bench.scratch, nodelay=False, loop=loop) as server:
+            point = bench.point(f"{server.name} short", server.url + f"/predictions/{MODEL}", 1, server.config, server.groups,
+                                body="short", server=server.name)
+        check[f"without_it_loop_{loop}"] = {"req_per_s": point["throughput_rps"], "p50_ms": point["latency_ms"]["p50"]}
+    return check

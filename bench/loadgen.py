@@ -9,8 +9,9 @@ checked: a 200 whose body does not have the expected shape counts as an error ("
 a server that answers fast but wrongly cannot win a benchmark. Latency percentiles have one
 definition, the nearest rank (`percentile`), in every report.
 
-As a command (bench/run.py runs it in a process of its own), it sends the bodies in --bodies (a
-JSON list of strings) as application/json {"text": ...} requests, or GETs without --bodies. Only
+As a command (bench/run.py runs it in a process of its own), it POSTs the bodies in --bodies (a
+JSON list of strings) as application/json, or GETs without --bodies; a URL ending in /ping must be
+answered {"status": "Healthy"}, any other a prediction {"label", "probability", ...}. Only
 requests that complete inside the measuring window (after the warm-up) count. It prints "MEASURING"
 when the window opens, then one JSON line: throughput, latency percentiles, errors, and this
 process's own CPU time in the window. scripts/soak.py runs `closed_loop` in a thread with counters
@@ -225,13 +226,14 @@ def main() -> None:
     args = parser.parse_args()
     parts = urlsplit(args.url)
     base_url, path = f"{parts.scheme}://{parts.netloc}", parts.path + (f"?{parts.query}" if parts.query else "")
+    form = "ping" if path.endswith("/ping") else "text"  # the answer each request must get
     if args.bodies:
         with open(args.bodies) as f:
             texts = json.load(f)
         shift = args.offset % len(texts)
-        batch = [Request(path, t.encode("utf-8")) for t in texts[shift:] + texts[:shift]]
+        batch = [Request(path, t.encode("utf-8"), form=form) for t in texts[shift:] + texts[:shift]]
     else:
-        batch = [Request(path, content_type=None, form="ping" if path.endswith("/ping") else None, method="GET")]
+        batch = [Request(path, content_type=None, form=form, method="GET")]
     result = asyncio.run(measure(base_url, batch, args.concurrency, args.warmup, args.duration, args.max_requests, args.timeout))
     print(json.dumps(result), flush=True)
 

@@ -104,20 +104,23 @@ def batches_between(ts: LocalTorchServe, start_wall: float, end_wall: float, off
 
 class Bench:
     """The points measured so far, and how to measure one more. `args` holds warmup, duration,
-    max_requests and budget (seconds for the whole run, from `started`); `scratch` a folder for logs."""
+    max_requests and budget (seconds for the whole run, from `started`); `bodies` the request-body
+    files by kind (JSON lists of strings); `scratch` a folder for logs."""
 
-    def __init__(self, args, bodies_file: Path, scratch: Path, started: float):
-        self.args, self.bodies_file, self.scratch, self.started = args, bodies_file, scratch, started
+    def __init__(self, args, bodies: dict[str, Path], scratch: Path, started: float):
+        self.args, self.bodies, self.scratch, self.started = args, bodies, scratch, started
         self.points: list[dict] = []
         self.log_offsets: dict[str, int] = {}
 
-    def point(self, case: str, url: str, concurrency: int, config: dict, groups: dict, post: bool = True,
+    def point(self, case: str, url: str, concurrency: int, config: dict, groups: dict, body: str | None = "mix",
               ts: LocalTorchServe | None = None, **extra) -> dict:
+        """Load `url` with `concurrency` clients POSTing the bodies of kind `body` (None: GET); the
+        figures of the window, with the CPU time and memory of `groups` (name -> processes)."""
         cmd = [PY, str(BENCH / "loadgen.py"), "--url", url, "--concurrency", str(concurrency),
                "--warmup", str(self.args.warmup), "--duration", str(self.args.duration),
                "--max-requests", str(self.args.max_requests), "--offset", str(len(self.points) * 97)]
-        if post:
-            cmd += ["--bodies", str(self.bodies_file)]
+        if body:
+            cmd += ["--bodies", str(self.bodies[body])]
         watch = CpuWatch(groups)
         stderr_file = self.scratch / "loadgen.err"
         with stderr_file.open("w") as stderr:
@@ -133,6 +136,7 @@ class Bench:
             time.sleep(max(0.0, wall_start + self.args.duration - time.time()))
             cores = watch.stop()
             wall_end = time.time()
+            memory = memory_mb(watch.resolved)
             counters_after = frontend_counters(ts) if ts else {}
             out, _ = loadgen.communicate(timeout=60)
         finally:
@@ -146,7 +150,7 @@ class Bench:
         # the load generator reports its own CPU time (client_cpu_cores)
         ours = result["client_cpu_cores"] + sum(v for k, v in cores.items() if k != "machine_busy")
         cores["other_processes"] = round(max(0.0, cores["machine_busy"] - ours), 3)
-        record = {"case": case, "config": config, **result, "cpu_cores": cores, **extra}
+        record = {"case": case, "body": body, "config": config, **result, "cpu_cores": cores, "memory": memory, **extra}
         if result["throughput_rps"] > 0:
             server = sum(v for k, v in cores.items() if k not in ("machine_busy", "other_processes"))
             record["server_cpu_us_per_request"] = round(server / result["throughput_rps"] * 1e6, 1)
@@ -162,17 +166,18 @@ class Bench:
         log(f"{case:>14} c={concurrency:<3} {result['throughput_rps']:>8.1f} req/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
             f"errors {result['errors']}  client cpu {result['client_cpu_cores']:.2f}  other cpu {cores['other_processes']:.2f}"
             + (f"  server cpu/req {record.get('server_cpu_us_per_request')} us" if "server_cpu_us_per_request" in record else "")
+            + f"  rss {memory['rss_mb']:.0f} MB"
             + (f"  batch {record.get('avg_batch_size')}" if ts else ""))
         return record
 
     def time_left(self) -> float:
         return self.args.budget - (time.monotonic() - self.started)
 
-    def burst(self, url: str, concurrency: int, seconds: float, post: bool = True) -> None:
+    def burst(self, url: str, concurrency: int, seconds: float, body: str | None = "mix") -> None:
         """Unrecorded load, to warm a fresh server up."""
         cmd = [PY, str(BENCH / "loadgen.py"), "--url", url, "--concurrency", str(concurrency), "--warmup", "0",
                "--duration", str(seconds), "--max-requests", str(self.args.max_requests)]
-        subprocess.run(cmd + (["--bodies", str(self.bodies_file)] if post else []), capture_output=True, timeout=seconds + 60)
+        subprocess.run(cmd + (["--bodies", str(self.bodies[body])] if body else []), capture_output=True, timeout=seconds + 60)
 
     def torchserve_side(self, ts, before: dict, after: dict, wall_start: float, wall_end: float) -> dict:
         key = str(ts.home)
@@ -190,15 +195,30 @@ class Bench:
 def capacity(point: dict) -> int | None:
     """Requests/s this server would sustain with the host to itself (no client, no other processes),
     from the CPU it spent per request in this point: all of it must fit in the host's cores, and each
-    single-threaded Python process (a TorchServe worker; the naive app's event loop) in one core:
-    min(cores / server CPU per request, processes / CPU per request of those processes)."""
+    single-threaded Python process that does a request's work (a TorchServe worker; a uvicorn worker's
+    event loop) in one core: min(cores / server CPU per request, processes / their CPU per request)."""
     server = point.get("server_cpu_us_per_request")
     if not server:
         return None
     limit = psutil.cpu_count() / server
     if point.get("worker_cpu_us_per_request"):
         limit = min(limit, point["config"].get("workers", 1) / point["worker_cpu_us_per_request"])
-    elif "server" in point["cpu_cores"]:  # the naive app: one process, one event loop
-        limit = min(limit, 1 / server)
+    elif point["config"].get("event_loops"):  # FastAPI: each uvicorn worker answers whole requests
+        limit = min(limit, point["config"]["event_loops"] / server)
     return round(limit * 1e6)
+
+
+def memory_mb(groups: dict) -> dict:
+    """Resident memory of each process of each group (name -> processes), summed: RSS as the kernel
+    counts it per process (shared pages in each), and PSS (shared pages split between their users)."""
+    processes, rss, pss = [], 0.0, 0.0
+    for group, procs in groups.items():
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            processes.append({"group": group, "pid": proc.pid, "rss_mb": round(info.rss / 2**20, 1)})
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", 0)
+    return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1), "processes": processes}
 

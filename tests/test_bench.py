@@ -1,5 +1,6 @@
 """The benchmark's own parts, without TorchServe: the load generator (against a tiny aiohttp
-server), its percentile, and (below) the request bodies and the provenance of results files."""
+server) and its percentile, the provenance of results files, the request bodies, and the peers
+(FastAPI, LitServe) answering as the handler does and leaving no process behind."""
 
 import asyncio
 import json
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import psutil
 import pytest
 from aiohttp import web
 
@@ -16,6 +18,7 @@ from local_server import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402  (bench/corpus.py)
 import loadgen  # noqa: E402  (bench/loadgen.py)
+import model  # noqa: E402  (bench/model.py)
 import provenance  # noqa: E402  (bench/provenance.py)
 
 
@@ -143,3 +146,45 @@ def test_bodies_come_from_the_one_loader_whole():
     assert len(texts) == described["count"] == 500
     singles = [t for t in texts if t in set(snippets)]
     assert 0.6 < len(singles) / len(texts) < 0.95 and described["chars"]["max"] <= 10_000
+
+
+def test_short_and_long_bodies():
+    short, described = corpus.short()
+    assert len(short) == described["count"] > 100 and all(len(t.split()) == corpus.SHORT_WORDS for t in short)
+    long, described = corpus.long(n=50)
+    assert len(long) == 50 and all(900 < len(t) <= corpus.LONG_CHARS for t in long) and len(set(long)) == 50
+
+
+# ---------------------------------------------------------------- the peers
+
+
+def test_the_peers_score_with_the_handlers_settings(export_dir):
+    import handler
+
+    assert model.TORCH_THREADS == handler.TORCH_THREADS
+    shipped = model.shipped_config(model.archive("1"))
+    assert shipped["batchSize"] >= 1 and model.torch_threads(shipped) >= 1
+    predictor = model.Predictor(model.artifact("1"))
+    requests_ = [predictor.parse(b'{"text": "A gorgeous, moving film."}', "application/json"),
+                 predictor.parse(b'{"texts": ["A dull mess.", "Loved it."]}', "application/json")]
+    one, many = predictor.answer(requests_)
+    assert one["label"] == "positive" and [p["label"] for p in many["predictions"]] == ["negative", "positive"]
+    assert one["probability"] == round(predictor.score(["A gorgeous, moving film."])[0], 6)
+
+
+def test_peer_servers_answer_and_leave_no_process(export_dir, tmp_path):
+    import requests
+    import servers  # bench/servers.py
+
+    body = json.dumps({"text": "A gorgeous, moving film with a wonderful cast."})
+    predictor = model.Predictor(model.artifact("1"))
+    (expected,) = predictor.answer([predictor.parse(body.encode(), "application/json")])
+    for start in (lambda: servers.fastapi(model.artifact("1"), 2, 1, tmp_path),
+                  lambda: servers.litserve(model.artifact("1"), 1, 1, 8, 0.002, tmp_path)):
+        with start() as server:
+            pids = [p.pid for p in server.processes()]
+            answer = requests.post(server.url + "/predictions/sentiment", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+            assert answer.status_code == 200 and answer.json() == expected, (server.name, answer.text)
+            bad = requests.post(server.url + "/predictions/sentiment", data='{"text": " "}', headers={"Content-Type": "application/json"}, timeout=30)
+            assert bad.status_code == 400 and "empty_text" in bad.text
+        assert len(pids) > 1 and not [pid for pid in pids if psutil.pid_exists(pid)], server.name
