@@ -19,11 +19,10 @@ REVIEW = {"text": "A gorgeous, moving film with a wonderful cast."}
 
 @pytest.fixture(scope="module")
 def v2_archive(export_dir):
-    """model_store/sentiment_v2.mar (VERSION=2: seed 2, manifest version 2; ~10 s to train if missing).
-    The archive step of VERSION=2 writes model_store/sentiment.mar before renaming it, so v1's
-    archive is rebuilt afterwards (a no-op once the Makefile archives into $(BUILD) first)."""
-    for version in ("2", "1"):
-        subprocess.run(["make", "-s", "archive", f"VERSION={version}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    """model_store/sentiment_v2.mar, manifest version 2: the fine-tuned transformer (`make archive
+    VERSION=2`: ~10 minutes on 2 cores to train if build/v2 has no model yet), beside v1's archive
+    (export_dir), which the Makefile leaves alone (it archives into build/vN, then renames)."""
+    subprocess.run(["make", "-s", "archive", "VERSION=2"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     assert (MODEL_STORE / "sentiment.mar").is_file()
     return MODEL_STORE / V2_MAR
 
@@ -104,7 +103,7 @@ def test_register_route_promote_rollback_unregister_without_a_failed_request(ts)
         assert predict_version(ts, "/predictions/sentiment/2") == "2"
         assert predict_version(ts, "/predictions/sentiment/1") == "1"
         assert predict_version(ts, "/predictions/sentiment") == "1"
-        # ... and they are two trainings (seeds 1 and 2) under one name: their probabilities differ.
+        # ... and they are two models (the NBSVM and the transformer) under one name: their probabilities differ.
         texts = {"texts": ["a slow, sad and beautiful film", "not bad at all", "an utter bore"]}
         one, two = (requests.post(ts.inference + f"/predictions/sentiment/{v}", json=texts, timeout=30).json() for v in "12")
         assert [p["probability"] for p in one["predictions"]] != [p["probability"] for p in two["predictions"]]
