@@ -17,7 +17,7 @@ MODEL_CONFIG := $(if $(TRANSFORMER),model-config-v2.yaml,model-config.yaml)
 MAR_NAME   := $(if $(filter 1,$(VERSION)),$(MODEL_NAME),$(MODEL_NAME)_v$(VERSION))
 MAR        := $(STORE)/$(MAR_NAME).mar
 PRETRAINED := build/pretrained
-SERVED_CODE := handler.py payload.py prediction_metrics.py text.py model_def.py signature.py
+SERVED_CODE := handler.py payload.py prediction_metrics.py text.py model_def.py signature.py explain.py
 INFERENCE  := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
 METRICS    := http://127.0.0.1:8082
@@ -30,7 +30,7 @@ MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
-.PHONY: help install install-dev train export archive serve stop predict scale status test bench soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
+.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -98,6 +98,9 @@ stop: ## stop TorchServe started by `make serve` (and Prometheus started by `mak
 	@pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
 	$(BIN)/torchserve --stop; \
 	for i in $$(seq 100); do [ -n "$$pid" ] && kill -0 $$pid 2>/dev/null || exit 0; sleep 0.2; done
+
+explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
+	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
 
 predict: ## curl one prediction (TEXT="...")
 	curl -s -X POST $(INFERENCE)/predictions/$(MODEL_NAME) -H 'Content-Type: application/json' \

@@ -3,16 +3,20 @@
 Per request (one TorchServe batch holds many): validate -> featurise (the model's own featuriser,
 as in training) -> one forward pass for the whole batch -> sigmoid -> label. A bad request gets
 its own HTTP 400 with a JSON body; the good requests batched with it are answered as usual.
-The signature in the archive says which model it is; nothing here depends on the version.
+Explanation requests (/explanations/..., KServe :explain) share the batch and its forward pass, and
+then get which words made their prediction (explain.py). The signature in the archive says which
+model it is; nothing here depends on the version.
 """
 
 import logging
+import time
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from explain import explainer_for, max_texts
 from model_def import predict_proba
-from payload import BadRequest, Parsed, RequestError, parse_request, response_body
+from payload import BadRequest, Parsed, RequestError, Unavailable, explanation_body, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_encoder
 
@@ -25,31 +29,57 @@ TORCH_THREADS = 1
 # breaks the model fails alone; this many failures in a row mean the model itself is broken, and
 # the rest of the batch fails without more passes (a broken model costs a few passes, not N + 1).
 MAX_FAILED_RETRIES = 2
+# Explanations cost up to seconds each (v2). One that would start after this share of the model's
+# responseTimeout into a batch is answered 503 (retry) instead, so that a batch of explanations never
+# runs into the timeout, which would restart the worker and fail every request of the batch.
+EXPLAIN_BUDGET = 1 / 3
 
 
 class SentimentHandler(BaseHandler):
     def initialize(self, context):
         """Once per worker: TorchScript core (BaseHandler loads the archive's serialized file), signature, vocabulary."""
         super().initialize(context)
-        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        model_config = getattr(context, "model_yaml_config", None) or {}
+        settings = model_config.get("handler") or {}
         torch.set_num_threads(int(settings.get("torch_threads", TORCH_THREADS)))
         model_dir = context.system_properties["model_dir"]
         self.signature = Signature.load(model_dir)
         self.encoder = load_encoder(model_dir, self.signature)
+        # model-config.yaml's `handler: {explain_steps: N}` overrides v2's Integrated Gradients steps (explain.STEPS).
+        self.explainer = explainer_for(self.model, self.encoder, self.signature, settings.get("explain_steps"))
+        self.explain_budget = float(model_config.get("responseTimeout", 120)) * EXPLAIN_BUDGET  # 120 s: TorchServe's default
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
         log.info("loaded %s v%s (%s, %d torch threads)", self.signature.model_name, self.signature.version,
                  self.signature.architecture, torch.get_num_threads())
 
+    def _is_explain(self) -> bool:
+        """Never for the whole batch. BaseHandler.handle routes a whole batch to explain_handle when its
+        FIRST request came through an explanations endpoint, so predictions batched behind an explanation
+        (or an explanation behind a prediction) would get the wrong answer. Each request's own "explain"
+        header is read in preprocess instead, and handle always takes the preprocess -> inference ->
+        postprocess path."""
+        return False
+
     def preprocess(self, data: list[dict]) -> list[Parsed]:
+        self.batch_started = time.monotonic()
         parsed = []
         for idx, row in enumerate(data):
             body = row.get("body", row.get("data")) if isinstance(row, dict) else row
+            explain = self.is_explanation(idx)
             try:
-                parsed.append(parse_request(body, self.request_content_type(idx, row), self.signature))
+                request = parse_request(body, self.request_content_type(idx, row), self.signature,
+                                        max_texts(self.signature) if explain else None)
             except BadRequest as error:
-                parsed.append(Parsed(error=error))
+                request = Parsed(error=error)
+            request.explain = explain
+            parsed.append(request)
         return parsed
+
+    def is_explanation(self, idx: int) -> bool:
+        """TorchServe's frontend sets the "explain" header of every request: "True" for /explanations/...,
+        KServe v1 :explain and v2 /explain, "False" for predictions."""
+        return self.context.get_request_header(idx, "explain") == "True"
 
     def request_content_type(self, idx: int, row: dict) -> str | None:
         """The Content-Type of the body parameter; form-encoded bodies arrive as fields, not a body."""
@@ -70,12 +100,28 @@ class SentimentHandler(BaseHandler):
         except Exception:
             log.exception("batch forward failed; retrying its %d requests one by one", len(valid))
             self.retry_one_by_one(valid)
+            self.add_explanations(valid)
             return parsed
         cursor = 0
         for request in valid:
             request.answer(probabilities[cursor : cursor + len(request.texts)], self.signature)
             cursor += len(request.texts)
+        self.add_explanations(valid)
         return parsed
+
+    def add_explanations(self, requests: list[Parsed]) -> None:
+        """Explanations for the explanation requests that were answered; one that fails fails alone (HTTP 500),
+        one that would start after the batch's time budget is answered 503."""
+        for request in requests:
+            if request.explain and request.error is None:
+                if time.monotonic() - self.batch_started > self.explain_budget:
+                    request.error = Unavailable("explanation_budget", f"explanations of this batch took over {self.explain_budget:.0f} s: retry")
+                    continue
+                try:
+                    request.explanations = [self.explainer(text).as_dict() for text in request.texts]
+                except Exception as error:
+                    log.exception("explanation failed for one request")
+                    request.error = RequestError("inference_error", f"explanation failed: {type(error).__name__}")
 
     def retry_one_by_one(self, requests: list[Parsed]) -> None:
         failed_in_a_row = 0
@@ -100,4 +146,4 @@ class SentimentHandler(BaseHandler):
                 log.info("request %d answered %d (%s): %s", idx, request.error.status, request.error.kind, request.error)
                 self.context.set_response_status(request.error.status, str(request.error), idx)
         self.prediction_metrics.record(parsed, self.signature)
-        return [response_body(request, self.signature) for request in parsed]
+        return [(explanation_body if request.explain else response_body)(request, self.signature) for request in parsed]

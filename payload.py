@@ -38,6 +38,13 @@ class BadRequest(RequestError):
     title = "BadRequest"
 
 
+class Unavailable(RequestError):
+    """Not served now, fine to retry (e.g. an explanation after its batch's time budget): HTTP 503."""
+
+    status = 503
+    title = "ServiceUnavailable"
+
+
 @dataclass
 class Parsed:
     """One client request: its texts and the form it came in; later its answer, or its error."""
@@ -48,6 +55,8 @@ class Parsed:
     probabilities: list[float] | None = None  # as answered (see `answer`)
     labels: list[str] | None = None
     error: RequestError | None = None
+    explain: bool = False  # asked through an explanations endpoint: answered by `explanation_body`
+    explanations: list[dict] | None = None  # per text: explain.Explanation.as_dict()
 
     def answer(self, probabilities: list[float], signature: "Signature") -> "Parsed":
         """Record the model's probabilities as answered and their labels, once: the response body and the metrics read both."""
@@ -55,8 +64,9 @@ class Parsed:
         return self
 
 
-def parse_request(body, content_type: str | None, signature: Signature) -> Parsed:
-    """Texts of one request body; BadRequest (naming what is wrong) if it is not usable."""
+def parse_request(body, content_type: str | None, signature: Signature, max_texts: int | None = None) -> Parsed:
+    """Texts of one request body; BadRequest (naming what is wrong) if it is not usable. `max_texts`
+    lowers signature.max_texts (an explanation costs more than a prediction)."""
     content_type = (content_type or "").split(";")[0].strip().lower()
     if content_type not in (JSON, PLAIN_TEXT):
         raise BadRequest(
@@ -86,30 +96,31 @@ def parse_request(body, content_type: str | None, signature: Signature) -> Parse
         got = "null" if body is None else type(body).__name__
         raise BadRequest("wrong_type", f'JSON body must be an object with "text" or "texts", got {got}')
     if "inputs" in body:
-        return parse_v2(body, signature)
+        return parse_v2(body, signature, max_texts)
     if ("text" in body) == ("texts" in body):
         raise BadRequest("missing_text", 'JSON body must have exactly one of "text" (a string) or "texts" (a list of strings)')
     if "text" in body:
         return Parsed([check_text(body["text"], "text", signature)])
-    return Parsed(check_texts(body["texts"], "texts", signature), form="texts")
+    return Parsed(check_texts(body["texts"], "texts", signature, max_texts), form="texts")
 
 
-def parse_v2(body: dict, signature: Signature) -> Parsed:
+def parse_v2(body: dict, signature: Signature, max_texts: int | None = None) -> Parsed:
     """KServe v2: the texts are the `data` of the input named "text" (datatype BYTES, shape [n])."""
     inputs = body["inputs"]
     named = [i for i in inputs if isinstance(i, dict) and i.get("name") == "text"] if isinstance(inputs, list) else []
     if len(named) != 1:
         raise BadRequest("missing_text", 'KServe v2 request must have exactly one input named "text" (datatype BYTES)')
     request_id = body.get("id")
-    return Parsed(check_texts(named[0].get("data"), "inputs[text].data", signature), form="v2",
+    return Parsed(check_texts(named[0].get("data"), "inputs[text].data", signature, max_texts), form="v2",
                   request_id=request_id if isinstance(request_id, str) else None)
 
 
-def check_texts(texts, where: str, signature: Signature) -> list[str]:
+def check_texts(texts, where: str, signature: Signature, max_texts: int | None = None) -> list[str]:
     if not isinstance(texts, list):
         raise BadRequest("wrong_type", f"{where} must be a list of strings, got {type(texts).__name__}")
-    if not 1 <= len(texts) <= signature.max_texts:
-        raise BadRequest("too_many_texts", f"{where} must hold 1 to {signature.max_texts} strings, got {len(texts)}")
+    max_texts = min(max_texts or signature.max_texts, signature.max_texts)
+    if not 1 <= len(texts) <= max_texts:
+        raise BadRequest("too_many_texts", f"{where} must hold 1 to {max_texts} strings, got {len(texts)}")
     return [check_text(t, f"{where}[{i}]", signature) for i, t in enumerate(texts)]
 
 
@@ -151,3 +162,19 @@ def response_body(request: Parsed, signature: Signature) -> dict:
     predictions = [{"label": label, "probability": p} for label, p in zip(labels, probabilities)]
     version = {"model_version": signature.version}
     return {"predictions": predictions, **version} if request.form == "texts" else {**predictions[0], **version}
+
+
+def explanation_body(request: Parsed, signature: Signature) -> dict | list:
+    """The answer to one explanation request: per text, its prediction and which words made it
+    (explain.Explanation.as_dict()); a list for {"texts": [...]}, in order. KServe v2 requests get the
+    prediction's outputs plus "explanation", one JSON document per text (BYTES data are strings)."""
+    if request.error is not None:
+        return request.error.body()
+    if request.form == "v2":
+        body = response_body(request, signature)
+        data = [json.dumps(e, ensure_ascii=False) for e in request.explanations]
+        body["outputs"].append({"name": "explanation", "datatype": "BYTES", "shape": [len(data)], "data": data})
+        return body
+    answers = [{"label": label, "probability": p, "model_version": signature.version, **explanation}
+               for label, p, explanation in zip(request.labels, request.probabilities, request.explanations)]
+    return answers if request.form == "texts" else answers[0]

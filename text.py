@@ -8,6 +8,7 @@ point, `inputs(texts) -> the core's input tensors`: `Encoder` (v1, n-gram ids) a
 """
 
 import html
+import logging
 import re
 import unicodedata
 from collections import Counter
@@ -36,6 +37,76 @@ def normalize(text: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(normalize(text))
+
+
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")  # html.unescape's own pattern
+
+
+def token_spans(text: str) -> list[tuple[str, int, int]]:
+    """`tokenize(text)` with where each token came from: (token, start, end), `text[start:end]` being the
+    client's characters it was normalised from (an entity, a ligature, an accented or upper-case letter).
+
+    `normalize` step by step, each output character carrying the span of the input it came from:
+    a tag becomes a space spanning the tag, an entity its characters spanning the entity, NFKD and
+    the dropped accents work per character, NFKC composes only neighbours (every accent is gone by
+    then), lower case is per character but for its length-neutral final-sigma rule. The result is
+    checked against `normalize(text)`, so the tokens are always `tokenize(text)`; should a Unicode
+    corner ever break that, every token spans the whole text (and a warning is logged)."""
+    chars = _normalized_chars(text)
+    normalized = "".join(ch for ch, _, _ in chars)
+    if normalized != normalize(text):
+        logging.getLogger(__name__).warning("token_spans: offsets lost for a text (%d characters)", len(text))
+        return [(token, 0, len(text)) for token in tokenize(text)]
+    # Every step keeps the order of the text, so starts and ends never decrease along `chars`.
+    return [(m.group(), chars[m.start()][1], chars[m.end() - 1][2]) for m in _TOKEN.finditer(normalized)]
+
+
+def _normalized_chars(text: str) -> list[tuple[str, int, int]]:
+    """normalize(text) as (character, start, end in text) triples; see token_spans."""
+    chars, at = [], 0
+    for tag in _TAG.finditer(text):
+        chars += [(text[i], i, i + 1) for i in range(at, tag.start())] + [(" ", tag.start(), tag.end())]
+        at = tag.end()
+    chars += [(text[i], i, i + 1) for i in range(at, len(text))]
+
+    if "&" in text:  # html.unescape, entity by entity (the text between entities is left as it is)
+        plain = "".join(ch for ch, _, _ in chars)
+        unescaped, at = [], 0
+        for ref in _CHARREF.finditer(plain):
+            unescaped += chars[at : ref.start()]
+            source, replacement = ref.group(), html.unescape(ref.group())
+            literal = 0  # a named entity without ";" keeps the letters after its name ("&amplifier" -> "&lifier")
+            while literal < min(len(source), len(replacement)) and source[-1 - literal] == replacement[-1 - literal]:
+                literal += 1
+            entity = chars[ref.start() : ref.end() - literal] or chars[ref.start() : ref.end()]
+            unescaped += [(ch, entity[0][1], entity[-1][2]) for ch in replacement[: len(replacement) - literal]]
+            unescaped += chars[ref.end() - literal : ref.end()]
+            at = ref.end()
+        chars = unescaped + chars[at:]
+    chars = [(ch.translate(_APOSTROPHES), start, end) for ch, start, end in chars]
+    if all(ch.isascii() for ch, _, _ in chars):
+        return [(ch.lower(), start, end) for ch, start, end in chars]
+
+    decomposed = [(d, start, end) for ch, start, end in chars for d in unicodedata.normalize("NFKD", ch)
+                  if not unicodedata.combining(d)]
+    if not unicodedata.is_normalized("NFKC", "".join(ch for ch, _, _ in decomposed)):
+        composed, group, start, end = [], "", 0, 0
+        for ch, ch_start, ch_end in decomposed:
+            single = unicodedata.normalize("NFKC", ch)
+            if group and unicodedata.normalize("NFKC", group + ch) != group + single:  # composes with its neighbour
+                group, end = unicodedata.normalize("NFKC", group + ch), max(end, ch_end)
+                continue
+            composed += [(c, start, end) for c in group]
+            group, start, end = single, ch_start, ch_end
+        decomposed = composed + [(c, start, end) for c in group]
+    chars = [(ch.translate(_APOSTROPHES), start, end) for ch, start, end in decomposed]
+    lowered = "".join(ch for ch, _, _ in chars).lower()  # the whole string: str.lower's final-sigma rule needs context
+    out, at = [], 0
+    for ch, start, end in chars:
+        width = len(ch.lower())
+        out += [(c, start, end) for c in lowered[at : at + width]]
+        at += width
+    return out
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[str]:
