@@ -104,14 +104,20 @@ def main() -> None:
         results = measure(args, scratch, started, run)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    out = run.target(RESULTS / "results.json")
-    plot(results, out.with_name("throughput_latency.png"))
+    out = run.target(RESULTS / results_name(args.model_version, "results.json"))
+    png, md = out.with_name(results_name(args.model_version, "throughput_latency.png")), out.with_name(results_name(args.model_version, "summary.md"))
+    plot(results, png)
     summary = summary_markdown(results)
-    out.with_name("summary.md").write_text(summary)
+    md.write_text(summary)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print()
     print(summary)
-    log(f"wrote {out}, throughput_latency.png, summary.md in {results['run_seconds']:.0f} s")
+    log(f"wrote {out}, {png.name}, {md.name} in {results['run_seconds']:.0f} s")
+
+
+def results_name(version, name: str) -> str:
+    """v1's files keep their names (results.json, ...); another version's get its number (results_v2.json, ...)."""
+    return name if str(version) == "1" else name.replace(".", f"_v{version}.", 1)
 
 
 def measure(args, scratch: Path, started: float, run: Provenance) -> dict:
@@ -168,7 +174,7 @@ def measure(args, scratch: Path, started: float, run: Provenance) -> dict:
         results["run_seconds"] = round(time.monotonic() - started, 1)
         results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results["provenance"] = run.record()
-        out = run.target(RESULTS / "results.json")
+        out = run.target(RESULTS / results_name(version, "results.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")  # whatever was measured, even on failure
 
