@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import requests
 
+from ts_properties import read_properties
+
 ROOT = Path(__file__).resolve().parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 
@@ -201,10 +203,6 @@ class LocalTorchServe:
         except (requests.RequestException, AdminError, ValueError, KeyError, TypeError):
             return False
 
-    def ready_workers(self, model: str = "sentiment") -> int:
-        """Kept for tests/test_integration.py; the same as self.admin.ready_workers(model)."""
-        return self.admin.ready_workers(model)
-
     def log(self, name: str = "ts_log.log") -> str:
         path = self.home / "logs" / name
         return path.read_text(errors="replace") if path.exists() else ""
@@ -240,13 +238,3 @@ class LocalTorchServe:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def read_properties(path: Path) -> dict:
-    settings = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip()
-    return settings

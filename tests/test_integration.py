@@ -87,15 +87,6 @@ def test_bad_input_is_a_400_and_spares_the_good_requests_beside_it(server, kind)
     assert all(f.result().status_code == 200 for f in good)
 
 
-def worker_count(server) -> int:
-    (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
-    return len(description["workers"])
-
-
-def scale(server, workers: int) -> requests.Response:
-    return requests.put(f"{server.management}/models/sentiment?min_worker={workers}&max_worker={workers}&synchronous=true", timeout=120)
-
-
 # What TorchServe 0.12 answers a request in flight on a worker it scales down (README "Reliability").
 SCALE_DOWN_ERRORS = {"Worker died.", "Worker scaled down."}
 
@@ -125,20 +116,17 @@ def test_scale_workers_while_serving(server):
         while not stop.is_set():
             predict_with_retry()
 
-    shipped = worker_count(server)
+    shipped = len(server.admin.workers())
     client = threading.Thread(target=keep_predicting)
     client.start()
-    try:
-        assert scale(server, 1).status_code == 200
-        assert worker_count(server) == 1
-        assert scale(server, 2).status_code == 200
-        assert worker_count(server) == 2 and server.ready_workers() == 2
+    try:  # each scale raises if TorchServe refuses it, and returns once exactly that many workers are READY
+        server.admin.scale(1)
+        assert len(server.admin.workers()) == 1
+        server.admin.scale(2)
+        assert len(server.admin.workers()) == 2 and server.admin.ready_workers() == 2
         time.sleep(1)
-        assert scale(server, 1).status_code == 200
-        deadline = time.monotonic() + 30
-        while worker_count(server) != 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert worker_count(server) == 1
+        server.admin.scale(1)
+        assert len(server.admin.workers()) == 1
         answered_at_last_change = len(answered)
         deadline = time.monotonic() + 15  # a lost request holds the client for its 5 s timeout
         while len(answered) < answered_at_last_change + 10 and time.monotonic() < deadline:
@@ -146,7 +134,7 @@ def test_scale_workers_while_serving(server):
     finally:
         stop.set()
         client.join()
-        scale(server, shipped)
+        server.admin.scale(shipped)
     scale_downs = 2 if shipped > 1 else 1
     assert not failures and len(retried) <= scale_downs, (failures, retried)
     assert len(answered) >= answered_at_last_change + 10, "requests were not answered after scaling"
@@ -154,7 +142,7 @@ def test_scale_workers_while_serving(server):
 
 def test_describe_model_shows_the_archive_settings(server, signature, model_config):
     """The server runs with model-config.yaml's values (packed into the .mar), not TorchServe's defaults."""
-    (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
+    (description,) = server.admin.describe()
     assert description["modelVersion"] == signature.version
     settings = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
     assert set(settings) <= set(model_config), f"model-config.yaml lacks {set(settings) - set(model_config)}"

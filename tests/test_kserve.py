@@ -205,7 +205,7 @@ def layout_server(layout, layout_config):
     try:
         ts.start()
         deadline = time.monotonic() + 120
-        while not ("sentiment" in registered(ts) and ts.ready_workers("sentiment") > 0):
+        while not ("sentiment" in ts.admin.models() and ts.admin.ready_workers("sentiment") > 0):
             assert time.monotonic() < deadline, "the model_snapshot did not load sentiment.mar:\n" + ts.log()[-3000:]
             time.sleep(0.5)
         yield ts
@@ -213,12 +213,8 @@ def layout_server(layout, layout_config):
         ts.stop()
 
 
-def registered(ts) -> list[str]:
-    return [m["modelName"] for m in requests.get(ts.management + "/models", timeout=5).json()["models"]]
-
-
 def test_layout_config_loads_sentiment_mar(layout_server, layout_config):
-    (description,) = requests.get(layout_server.management + "/models/sentiment", timeout=5).json()
+    (description,) = layout_server.admin.describe()
     (version, entry), = snapshot_models(layout_config)["sentiment"].items()
     assert description["modelVersion"] == version
     assert description["modelUrl"] == "sentiment.mar"
@@ -248,7 +244,7 @@ def test_layout_server_listens_on_loopback_only(layout_server):
     listening = [c.laddr for c in layout_server.frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert {address.port for address in listening} == {int(port) for port in layout_server.ports.values()}, listening
     assert all(is_loopback(address.ip.removeprefix("::ffff:")) for address in listening), listening
-    assert requests.get(layout_server.management + "/models/sentiment", timeout=5).status_code == 200
+    assert layout_server.admin.request("GET", "/models/sentiment", timeout=5).status_code == 200
 
 
 # --- the v2 round trip on the shipped server ------------------------------------------------------
