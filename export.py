@@ -76,7 +76,7 @@ class OnnxCore:
         return torch.from_numpy(logits)
 
 
-def test_split(metrics: dict) -> list[str]:
+def held_out_texts(metrics: dict) -> list[str]:
     """The held-out test texts of the data this model was trained on (checked by md5), not some default."""
     texts, _, md5 = load_dataset(Path(metrics["data_dir"])) if "data_dir" in metrics else load_dataset()
     if md5 != metrics["data_md5"]:
@@ -105,7 +105,7 @@ def main() -> None:
     torch.jit.script(model).save(str(args.out / signature.model_file))
     export_onnx(model, encoder.inputs(["a fine film", "dull"]), args.out / signature.onnx_file, signature)
 
-    test_texts = test_split(metrics)
+    test_texts = held_out_texts(metrics)
     eager = predict_proba(model, test_texts, encoder)
     restored = predict_proba(torch.jit.load(str(args.out / signature.model_file)), test_texts, encoder)
     onnx = predict_proba(OnnxCore(args.out / signature.onnx_file, signature), test_texts, encoder)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 import pretrained
 import quick_v2
-from export import OnnxCore, load_checkpoint, test_split
+from export import OnnxCore, held_out_texts, load_checkpoint
 from local_server import LocalTorchServe
 from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
 from signature import TRANSFORMER, Signature, load_encoder
@@ -122,7 +122,7 @@ def test_signature_describes_the_transformer(v2_signature):
 def test_torchscript_and_onnx_agree_with_eager_on_test_texts(store, v2_signature, wordpiece):
     model, _ = load_checkpoint(quick_v2.BUILD)
     metrics = json.loads((quick_v2.BUILD / "metrics.json").read_text())
-    texts = test_split(metrics)[:300]
+    texts = held_out_texts(metrics)[:300]
     eager = predict_proba(model, texts, wordpiece)
     scripted = predict_proba(torch.jit.load(str(quick_v2.EXPORT / "model.pt")), texts, wordpiece)
     onnx = predict_proba(OnnxCore(quick_v2.EXPORT / "model.onnx", v2_signature), texts, wordpiece)
