@@ -40,9 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The load client is bench/loadgen.py's; Outcome, send and send_all are re-exported for tests/test_reliability.py.
-from bench.loadgen import (JSON, PLAIN_TEXT, TIMEOUT as CLIENT_TIMEOUT, Outcome, Request,  # noqa: E402,F401
-                           closed_loop, latency_ms, send, send_all)
+from bench.loadgen import JSON, PLAIN_TEXT, TIMEOUT as CLIENT_TIMEOUT, Outcome, Request, closed_loop, latency_ms  # noqa: E402
 from bench.provenance import Provenance  # noqa: E402
 from local_server import TorchServeAdmin  # noqa: E402
 
@@ -194,24 +192,6 @@ class BackgroundLoad:
 
 
 # ---------------------------------------------------------------- the server side
-
-
-# The management calls go through local_server.TorchServeAdmin. These four names stay only for
-# tests/test_reliability.py, which imports them from here (its owner is moving it to the admin client).
-def workers(management: str, model: str = MODEL) -> list[dict]:
-    return TorchServeAdmin(management, model).workers()
-
-
-def ready_pids(management: str, model: str = MODEL) -> set[int]:
-    return TorchServeAdmin(management, model).ready_pids()
-
-
-def wait_workers(management: str, count: int, model: str = MODEL, exclude: set[int] = frozenset(), timeout: float = 60) -> float:
-    return TorchServeAdmin(management, model).wait_workers(count, exclude=exclude, timeout=timeout)
-
-
-def scale(management: str, count: int, model: str = MODEL, timeout: float = 120) -> None:
-    TorchServeAdmin(management, model).scale(count, timeout=timeout)
 
 
 def worker_processes(admin: TorchServeAdmin) -> list[psutil.Process]:

@@ -21,9 +21,9 @@ import pytest
 import requests
 import yaml
 
+from bench.loadgen import JSON, PLAIN_TEXT, Request, send_all
 from local_server import ROOT, LocalTorchServe, server_processes
-from scripts.soak import (JSON, PLAIN_TEXT, BackgroundLoad, Request, load_reviews, predict_path, ready_pids,
-                          review_requests, rss_growth_ok, scale, send_all, soak, wait_workers, workers)
+from scripts.soak import BackgroundLoad, load_reviews, predict_path, review_requests, rss_growth_ok, soak
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_handler import RAISE_MARKER, SLEEP_MARKER  # noqa: E402
@@ -51,18 +51,21 @@ def good_requests(reviews) -> list[Request]:
 
 @pytest.fixture(scope="module")
 def store(export_dir, tmp_path_factory) -> Path:
-    """A private model store: the shipped sentiment.mar, and fault.mar (tests/fault_handler.py as the
-    handler, the same files as the Makefile's archive target, responseTimeout FAULT_RESPONSE_TIMEOUT)."""
+    """A private model store: the shipped sentiment.mar, and fault.mar: every file of that archive
+    (handler.py and its modules as extra files, whatever the Makefile packs), tests/fault_handler.py
+    as the handler, and its model-config.yaml with one worker and responseTimeout FAULT_RESPONSE_TIMEOUT."""
     folder = tmp_path_factory.mktemp("model_store")
     shutil.copy(MODEL_STORE / "sentiment.mar", folder)
-    config = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    shipped = folder.parent / "sentiment-unpacked"
+    shutil.unpack_archive(folder / "sentiment.mar", shipped, format="zip")
+    manifest = json.loads((shipped / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    config = yaml.safe_load((shipped / manifest["configFile"]).read_text())
     config.update(minWorkers=1, maxWorkers=1, responseTimeout=FAULT_RESPONSE_TIMEOUT, maxBatchDelay=20)
     config_file = folder.parent / "fault-config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    extra = [ROOT / name for name in ("handler.py", "text.py", "model_def.py", "signature.py", "payload.py", "prediction_metrics.py")]
-    extra += [export_dir / "signature.json", export_dir / "vocab.json"]
+    extra = sorted(f for f in shipped.iterdir() if f.is_file() and f.name not in (manifest["serializedFile"], manifest["configFile"]))
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--force", "--model-name", FAULT_MODEL,
-                    "--version", "1", "--serialized-file", str(export_dir / "model.pt"),
+                    "--version", "1", "--serialized-file", str(shipped / manifest["serializedFile"]),
                     "--handler", str(Path(__file__).with_name("fault_handler.py")), "--config-file", str(config_file),
                     "--extra-files", ",".join(map(str, extra)), "--export-path", str(folder)], check=True)
     return folder
@@ -73,7 +76,7 @@ def model_api_server(store):
     """TorchServe with the model-control API on (`make serve MODEL_API=on`), serving the one-worker
     fault archive: what registering from outside the store must still be refused on."""
     with LocalTorchServe(store, models="fault.mar", config={"enable_model_api": "true"}) as ts:
-        wait_workers(ts.management, 1, FAULT_MODEL)
+        ts.admin.wait_workers(1, FAULT_MODEL)
         yield ts
 
 
@@ -82,12 +85,8 @@ def fault_server(store):
     """TorchServe serving the fault-injecting archive only (one worker). Its tests may hang the
     worker, so it is no one else's."""
     with LocalTorchServe(store, models="fault.mar") as ts:
-        wait_workers(ts.management, 1, FAULT_MODEL)
+        ts.admin.wait_workers(1, FAULT_MODEL)
         yield ts
-
-
-def single_worker_pids(ts: LocalTorchServe, model: str = "sentiment") -> set[int]:
-    return ready_pids(ts.management, model)
 
 
 def post_all(ts: LocalTorchServe, batch: list[Request]):
@@ -100,7 +99,7 @@ def post_all(ts: LocalTorchServe, batch: list[Request]):
 def test_every_request_gets_exactly_one_answer_under_load(server, good_requests):
     """~15 s at 32 concurrent clients with real reviews in every request form: nothing lost, no
     error, and no large memory growth of the frontend or the workers."""
-    wait_workers(server.management, len(workers(server.management)))  # steady: no worker starting or stopping
+    server.admin.wait_workers(len(server.admin.workers()))  # steady: no worker starting or stopping
     report = soak(server.inference, server.management, good_requests, concurrency=32, seconds=15, warmup=3,
                   log=lambda line: None)
     print("\nsoak (short):", json.dumps({k: report[k] for k in ("sent", "answered", "ok", "errors", "ok_per_s", "latency_ms", "rss")}))
@@ -120,7 +119,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(store, good_reques
     """kill -9 one of two workers under load: TorchServe replaces it, the requests it held get an
     error answer (no hang), the others keep succeeding and throughput recovers."""
     with LocalTorchServe(store) as ts:
-        scale(ts.management, 2)
+        ts.admin.scale(2)
         report = soak(ts.inference, ts.management, good_requests, concurrency=32, seconds=10, warmup=2,
                       kill_at=(5,), min_tail=4, log=lambda line: None)
     kill = report["kills"][0]
@@ -144,7 +143,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(store, good_reques
 def test_request_that_breaks_inference_fails_alone(fault_server, reviews):
     """A request whose text makes the forward pass raise gets a JSON 500 (kind inference_error); the
     good requests batched with it are answered, and the worker is not restarted."""
-    pids = single_worker_pids(fault_server, FAULT_MODEL)
+    pids = fault_server.admin.ready_pids(FAULT_MODEL)
     path = predict_path(FAULT_MODEL)
     poisoned = Request(path, json.dumps({"text": f"a fine film {RAISE_MARKER}"}).encode(), JSON, None)
     for round_ in range(3):
@@ -161,7 +160,7 @@ def test_request_that_breaks_inference_fails_alone(fault_server, reviews):
     retried = [int(n) for n in re.findall(r"retrying its (\d+) requests one by one", fault_server.log("model_log.log"))]
     assert retried and max(retried) > 1, retried
     # ... and the worker that raised is the worker that still serves.
-    assert single_worker_pids(fault_server, FAULT_MODEL) == pids
+    assert fault_server.admin.ready_pids(FAULT_MODEL) == pids
 
 
 # ---------------------------------------------------------------- 4. bad input
@@ -233,7 +232,7 @@ def bad_requests() -> list[tuple[Request, set[str]]]:
 def test_bad_input_gets_a_clear_400_and_spares_good_requests(server, good_requests):
     """A corpus of malformed requests, sent at the same time as good ones: each bad one gets a 400
     with a JSON body naming its cause, each good one succeeds, and no worker restarts."""
-    pids = single_worker_pids(server)
+    pids = server.admin.ready_pids()
     bad = bad_requests()
     good = good_requests[:3 * len(bad)]
     mixed = [request for pair in zip(bad, good[::3], good[1::3], good[2::3]) for request in (pair[0][0], *pair[1:])]
@@ -249,7 +248,7 @@ def test_bad_input_gets_a_clear_400_and_spares_good_requests(server, good_reques
     good_outcomes = [outcome for i, outcome in enumerate(outcomes) if i % 4]
     failures = [(r.body[:60], o) for r, o in zip(good_sent, good_outcomes) if o.kind(r.form) != "ok"]
     assert not failures, failures[:3]
-    assert single_worker_pids(server) == pids
+    assert server.admin.ready_pids() == pids
 
 
 def test_content_type_parameters_and_case_are_accepted(server):
@@ -332,7 +331,7 @@ def test_more_than_max_texts_is_a_400(server, signature):
 
 
 def test_response_timeout_is_configured(server):
-    description = requests.get(server.management + "/models/sentiment", timeout=10).json()
+    description = server.admin.describe()
     configured = yaml.safe_load((ROOT / "model-config.yaml").read_text())["responseTimeout"]
     assert [version["responseTimeout"] for version in description] == [configured]
     assert 0 < configured <= 60
@@ -341,9 +340,9 @@ def test_response_timeout_is_configured(server):
 def test_stuck_request_is_cut_off_and_frees_the_worker(fault_server):
     """A request that hangs in the model is answered with an error after responseTimeout, the stuck
     worker is replaced, and the model serves again."""
-    description = requests.get(f"{fault_server.management}/models/{FAULT_MODEL}", timeout=10).json()
+    description = fault_server.admin.describe(FAULT_MODEL)
     assert description[0]["responseTimeout"] == FAULT_RESPONSE_TIMEOUT
-    pids = single_worker_pids(fault_server, FAULT_MODEL)
+    pids = fault_server.admin.ready_pids(FAULT_MODEL)
     stuck = Request(predict_path(FAULT_MODEL), json.dumps({"text": SLEEP_MARKER}).encode(), JSON, None)
     started = time.monotonic()
     (outcome,) = post_all(fault_server, [stuck])
@@ -351,7 +350,7 @@ def test_stuck_request_is_cut_off_and_frees_the_worker(fault_server):
     print(f"\nstuck request answered after {waited:.1f} s: {outcome.status} {outcome.body[:200]!r}")
     assert outcome.status is not None and outcome.status >= 500, outcome
     assert FAULT_RESPONSE_TIMEOUT <= waited < FAULT_RESPONSE_TIMEOUT + 15
-    replaced = wait_workers(fault_server.management, 1, FAULT_MODEL, exclude=pids, timeout=60)
+    replaced = fault_server.admin.wait_workers(1, FAULT_MODEL, exclude=pids, timeout=60)
     print(f"stuck worker replaced {replaced:.1f} s later")
     good = Request(predict_path(FAULT_MODEL), b'{"text": "a lovely film"}', JSON, "text")
     assert post_all(fault_server, [good])[0].kind("text") == "ok"
@@ -379,12 +378,9 @@ def test_running_server_listens_on_loopback_only(server):
         assert not [c for c in worker.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
-def models_of(ts: LocalTorchServe) -> list[str]:
-    return [m["modelName"] for m in requests.get(ts.management + "/models", timeout=10).json()["models"]]
-
-
 def register(ts: LocalTorchServe, url: str, name: str) -> requests.Response:
-    return requests.post(ts.management + "/models", params={"url": url, "model_name": name}, timeout=60)
+    """TorchServe's raw answer (admin.register would raise on the refusals these tests expect)."""
+    return ts.admin.request("POST", "/models", {"url": url, "model_name": name}, timeout=60)
 
 
 @pytest.mark.parametrize("url, refusal", [
@@ -407,10 +403,10 @@ def test_registering_a_model_from_outside_the_store_is_refused(model_api_server,
     try:
         assert response.status_code == 404, response.text
         assert refusal in response.json()["message"], response.text
-        assert models_of(model_api_server) == [FAULT_MODEL]
+        assert model_api_server.admin.models() == [FAULT_MODEL]
     finally:
         if response.status_code < 400:
-            requests.delete(model_api_server.management + "/models/evil", timeout=30)
+            model_api_server.admin.request("DELETE", "/models/evil", timeout=30)
 
 
 def test_model_api_on_registers_any_absolute_directory(model_api_server, tmp_path):
@@ -420,10 +416,10 @@ def test_model_api_on_registers_any_absolute_directory(model_api_server, tmp_pat
     response = register(model_api_server, str(tmp_path), "outside")
     try:
         assert response.status_code == 200, response.text
-        assert "outside" in models_of(model_api_server)
+        assert "outside" in model_api_server.admin.models()
     finally:
         if response.status_code < 400:
-            requests.delete(model_api_server.management + "/models/outside", timeout=30)
+            model_api_server.admin.request("DELETE", "/models/outside", timeout=30)
 
 
 def test_model_control_api_is_off_by_default(server, store, tmp_path):
@@ -436,10 +432,10 @@ def test_model_control_api_is_off_by_default(server, store, tmp_path):
         try:
             assert response.status_code == 405, response.text
             assert "not allowed" in response.json()["message"], response.text
-            assert models_of(server) == ["sentiment"]
+            assert server.admin.models() == ["sentiment"]
         finally:
             if response.status_code < 400:
-                requests.delete(server.management + "/models/again", timeout=30)
+                server.admin.request("DELETE", "/models/again", timeout=30)
 
 
 def test_model_control_api_is_not_on_the_inference_port(server):
