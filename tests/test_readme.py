@@ -183,7 +183,7 @@ class Outcome:
 
 
 def described(server) -> dict:
-    (description,) = requests.get(server.management + "/models/sentiment", timeout=10).json()
+    (description,) = server.admin.describe()
     return description
 
 
