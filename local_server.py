@@ -20,6 +20,7 @@ from ts_properties import read_properties
 
 ROOT = Path(__file__).resolve().parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
+FRONTEND, WORKER = "org.pytorch.serve.ModelServer", "model_service_worker"  # in the command lines of the JVM and of a worker
 
 
 def free_port() -> int:
@@ -124,15 +125,23 @@ def server_processes(homes: set[str] | None = None) -> list[psutil.Process]:
     """TorchServe frontends (JVM) and Python workers on this machine; with `homes`, only those
     started from one of those LocalTorchServe homes (their TMPDIR)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "org.pytorch.serve.ModelServer" in cmdline or "model_service_worker" in cmdline:
+    for proc in psutil.process_iter():
+        if runs(proc, FRONTEND, WORKER):
             try:
                 if homes is None or proc.environ().get("TMPDIR") in homes:
                     found.append(proc)
             except psutil.Error:
                 pass
     return found
+
+
+def runs(proc: psutil.Process, *marks: str) -> bool:
+    """Whether the process's command line contains one of `marks` (False once it has gone)."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(mark in cmdline for mark in marks)
 
 
 class LocalTorchServe:
@@ -209,14 +218,7 @@ class LocalTorchServe:
 
     def workers(self) -> list[psutil.Process]:
         """The model workers (not the short-lived system-metrics collector the frontend also forks)."""
-        found = []
-        for proc in self.frontend.children(recursive=True) if self.frontend else []:
-            try:
-                if "model_service_worker" in " ".join(proc.cmdline()):
-                    found.append(proc)
-            except psutil.Error:
-                pass
-        return found
+        return [proc for proc in (self.frontend.children(recursive=True) if self.frontend else []) if runs(proc, WORKER)]
 
     def stop(self) -> None:
         """`torchserve --stop`, then kill whatever of this server's process tree is left."""
