@@ -21,6 +21,7 @@ import pytest
 import requests
 import yaml
 
+from bench.archive import extract
 from bench.loadgen import JSON, PLAIN_TEXT, Request, send_all
 from local_server import ROOT, LocalTorchServe, server_processes
 from scripts.soak import BackgroundLoad, load_reviews, predict_path, review_requests, rss_growth_ok, soak
@@ -56,8 +57,7 @@ def store(export_dir, tmp_path_factory) -> Path:
     as the handler, and its model-config.yaml with one worker and responseTimeout FAULT_RESPONSE_TIMEOUT."""
     folder = tmp_path_factory.mktemp("model_store")
     shutil.copy(MODEL_STORE / "sentiment.mar", folder)
-    shipped = folder.parent / "sentiment-unpacked"
-    shutil.unpack_archive(folder / "sentiment.mar", shipped, format="zip")
+    shipped = extract(folder / "sentiment.mar", folder.parent / "sentiment-unpacked")
     manifest = json.loads((shipped / "MAR-INF" / "MANIFEST.json").read_text())["model"]
     config = yaml.safe_load((shipped / manifest["configFile"]).read_text())
     config.update(minWorkers=1, maxWorkers=1, responseTimeout=FAULT_RESPONSE_TIMEOUT, maxBatchDelay=20)
@@ -426,7 +426,7 @@ def test_model_control_api_is_off_by_default(server, store, tmp_path):
     """With the shipped config.properties nothing can be registered: not the store's own
     sentiment.mar, and not an absolute directory (the hole above)."""
     outside = tmp_path / "unpacked"
-    shutil.unpack_archive(store / "sentiment.mar", outside, format="zip")
+    extract(store / "sentiment.mar", outside)
     for url in ("sentiment.mar", str(outside)):
         response = register(server, url, "again")
         try:
