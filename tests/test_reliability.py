@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -378,9 +380,16 @@ def test_running_server_listens_on_loopback_only(server):
         assert not [c for c in worker.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
-def register(ts: LocalTorchServe, url: str, name: str) -> requests.Response:
-    """TorchServe's raw answer (admin.register would raise on the refusals these tests expect)."""
-    return ts.admin.request("POST", "/models", {"url": url, "model_name": name}, timeout=60)
+@contextmanager
+def registering(ts: LocalTorchServe, url: str, name: str) -> Iterator[requests.Response]:
+    """TorchServe's raw answer to registering `url` as `name` (admin.register would raise on the
+    refusals these tests expect); whatever it did register is unregistered afterwards."""
+    response = ts.admin.request("POST", "/models", {"url": url, "model_name": name}, timeout=60)
+    try:
+        yield response
+    finally:
+        if response.status_code < 400:
+            ts.admin.request("DELETE", ts.admin.path(name), timeout=30)
 
 
 @pytest.mark.parametrize("url, refusal", [
@@ -399,27 +408,19 @@ def test_registering_a_model_from_outside_the_store_is_refused(model_api_server,
     """With the model-control API on, each URL is refused for what it points at (TorchServe's
     message says why), not because registering is off."""
     url = url.format(store=store.resolve())
-    response = register(model_api_server, url, "evil")
-    try:
+    with registering(model_api_server, url, "evil") as response:
         assert response.status_code == 404, response.text
         assert refusal in response.json()["message"], response.text
         assert model_api_server.admin.models() == [FAULT_MODEL]
-    finally:
-        if response.status_code < 400:
-            model_api_server.admin.request("DELETE", "/models/evil", timeout=30)
 
 
 def test_model_api_on_registers_any_absolute_directory(model_api_server, tmp_path):
     """Pins the TorchServe 0.12 behaviour README's Security section warns about: with the API on, an
     absolute directory path is registered whatever allowed_urls says (an empty one, here, with 0
     workers). If this starts failing, TorchServe closed the hole: update the README."""
-    response = register(model_api_server, str(tmp_path), "outside")
-    try:
+    with registering(model_api_server, str(tmp_path), "outside") as response:
         assert response.status_code == 200, response.text
         assert "outside" in model_api_server.admin.models()
-    finally:
-        if response.status_code < 400:
-            model_api_server.admin.request("DELETE", "/models/outside", timeout=30)
 
 
 def test_model_control_api_is_off_by_default(server, store, tmp_path):
@@ -428,14 +429,10 @@ def test_model_control_api_is_off_by_default(server, store, tmp_path):
     outside = tmp_path / "unpacked"
     extract(store / "sentiment.mar", outside)
     for url in ("sentiment.mar", str(outside)):
-        response = register(server, url, "again")
-        try:
+        with registering(server, url, "again") as response:
             assert response.status_code == 405, response.text
             assert "not allowed" in response.json()["message"], response.text
             assert server.admin.models() == ["sentiment"]
-        finally:
-            if response.status_code < 400:
-                server.admin.request("DELETE", "/models/again", timeout=30)
 
 
 def test_model_control_api_is_not_on_the_inference_port(server):
