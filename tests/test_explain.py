@@ -556,6 +556,23 @@ def test_served_mixed_concurrent_predictions_and_explanations(served, version):
         assert ("tokens" in answer.json()) == (kind == "explanations")
 
 
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_batch_predict_explain_through_the_endpoint_equals_local(served, tmp_path, export_dir, version):
+    artifact = export_dir if version == "1" else quick_v2.EXPORT
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in [POSITIVE, NEGATIVE, "", list(CLEAR)[1]]))
+    local = batch_predict.run(source, tmp_path / "local.jsonl", artifact=artifact, explain=3)
+    remote = batch_predict.run(source, tmp_path / "remote.jsonl", artifact=artifact, explain=3,
+                               endpoint=f"{served.inference}/predictions/sentiment/{version}")
+    assert local["scored"] == remote["scored"] == 3
+    rows = [[json.loads(line) for line in (tmp_path / name).read_text().splitlines()] for name in ("local.jsonl", "remote.jsonl")]
+    for here, there in zip(*rows):
+        assert here["label"] == there["label"] and here["probability"] == pytest.approx(there["probability"], abs=1e-6)
+        for name in batch_predict.EXPLANATION_COLUMNS:
+            assert [w["word"] for w in here[name] or []] == [w["word"] for w in there[name] or []]
+            assert [w["contribution"] for w in here[name] or []] == pytest.approx([w["contribution"] for w in there[name] or []], abs=1e-4)
+
+
 def test_cost_per_explanation(v2, explainer):
     """Measured, for the README and the record (not a pass/fail bound: the cores are shared)."""
     texts, _, _ = load_dataset()
