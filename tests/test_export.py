@@ -22,8 +22,12 @@ DATA_README = train.DATA_DIR / "README.md"
 
 @pytest.fixture(scope="module")
 def eager(export_dir):
-    model, features = export.load_checkpoint(CHECKPOINT_DIR)
-    return model, features
+    model, checkpoint = export.load_checkpoint(CHECKPOINT_DIR)
+    return model, Features(**checkpoint["features"])
+
+
+def onnx_predict_proba(export_dir, signature, texts, encoder):
+    return train.predict_proba(export.OnnxCore(export_dir / signature.onnx_file, signature), texts, encoder)
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +65,21 @@ def test_torchscript_matches_eager_on_test_split(export_dir, signature, encoder,
     assert not scripted.training  # exported in eval mode
     probs = train.predict_proba(scripted, test_split[0], encoder)
     assert probs.shape == eager_probs.shape == (len(test_split[0]),)
-    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
+    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE[signature.architecture]
 
 
 def test_onnx_matches_eager_on_test_split(export_dir, signature, encoder, test_split, eager_probs):
-    probs = export.onnx_predict_proba(export_dir / signature.onnx_file, test_split[0], encoder)
+    probs = onnx_predict_proba(export_dir, signature, test_split[0], encoder)
     assert probs.shape == eager_probs.shape
-    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE
+    assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE[signature.architecture]
 
 
 def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, encoder, eager):
     texts = ["", "a fine film", "zorblax", "\u6771\u4eac", "dull"]  # the first and fourth are empty bags
     assert encoder.batch(texts)[1][3] == encoder.batch(texts)[1][4]
-    onnx = export.onnx_predict_proba(export_dir / signature.onnx_file, texts, encoder)
+    onnx = onnx_predict_proba(export_dir, signature, texts, encoder)
     assert (onnx - train.predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
-    single = export.onnx_predict_proba(export_dir / signature.onnx_file, ["dull"], encoder)
+    single = onnx_predict_proba(export_dir, signature, ["dull"], encoder)
     assert single.shape == (1,) and single.item() == pytest.approx(onnx[4].item(), abs=1e-6)
 
 

@@ -2,7 +2,6 @@
 version, promote v2 (set-default), roll back to v1, unregister v2, all under continuous client
 traffic that must see no failed request."""
 
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -10,27 +9,24 @@ from collections import Counter
 import pytest
 import requests
 
-from local_server import ROOT, LocalTorchServe
+import quick_v2
+from local_server import LocalTorchServe
 
-MODEL_STORE = ROOT / "model_store"
 V2_MAR = "sentiment_v2.mar"
 REVIEW = {"text": "A gorgeous, moving film with a wonderful cast."}
 
 
 @pytest.fixture(scope="module")
-def v2_archive(export_dir):
-    """model_store/sentiment_v2.mar, manifest version 2: the fine-tuned transformer (`make archive
-    VERSION=2`: ~10 minutes on 2 cores to train if build/v2 has no model yet), beside v1's archive
-    (export_dir), which the Makefile leaves alone (it archives into build/vN, then renames)."""
-    subprocess.run(["make", "-s", "archive", "VERSION=2"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    assert (MODEL_STORE / "sentiment.mar").is_file()
-    return MODEL_STORE / V2_MAR
+def store():
+    """v1's archive and a quickly fine-tuned transformer v2 (tests/quick_v2.py: the real pipeline cut
+    to a few steps, so that the suite never waits for `make train VERSION=2`)."""
+    return quick_v2.build()
 
 
 @pytest.fixture(scope="module")
-def ts(v2_archive):
+def ts(store):
     """A TorchServe of its own with only v1 loaded (this module registers and removes versions)."""
-    server = LocalTorchServe(MODEL_STORE, models="sentiment.mar", config={"enable_model_api": "true"})  # make serve MODEL_API=on
+    server = LocalTorchServe(store, models="sentiment.mar", config={"enable_model_api": "true"})  # make serve MODEL_API=on
     server.start()
     try:
         yield server
