@@ -92,7 +92,7 @@ class NbsvmExplainer:
         with torch.no_grad():  # (a copy made with autograd on has non-leaf parameters)
             self.exact = copy.deepcopy(core).double()
             # The term of feature f: weight[f] x feature_scale[f], the core's per-sample-weighted EmbeddingBag.
-            self.terms = (self.exact.weight.weight[:, 0] * self.exact.feature_scale).tolist()
+            self.terms = (self.exact.weight.weight[:, 0] * self.exact.feature_scale).numpy()  # not a list: 189k floats as objects cost a worker 6 MB
             self.base = float(self.exact.bias[0])
 
     def features(self, tokens: list[str]) -> list[tuple[int, range]]:
@@ -110,7 +110,7 @@ class NbsvmExplainer:
         contributions = [0.0] * len(spans)
         terms = self.terms
         for feature, tokens in self.features([token for token, _, _ in spans]):
-            share = terms[feature] / len(tokens)
+            share = float(terms[feature]) / len(tokens)
             for i in tokens:
                 contributions[i] += share
         with torch.inference_mode():

@@ -42,13 +42,13 @@ def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.
 
 
 def predict_proba(core, texts: list[str], encoder) -> torch.Tensor:
-    """Texts -> P(positive) through any core (eager, TorchScript) of either version: featurise as in
-    training (`encoder.inputs`: text.Encoder for v1, text.WordPieceEncoder for v2), forward, sigmoid."""
-    if not texts:
-        return torch.empty(0)
+    """Texts -> P(positive) through any core (eager, TorchScript, ONNX) of either version: featurise as in
+    training (`encoder.chunks`: text.Encoder for v1, text.WordPieceEncoder for v2), forward, sigmoid."""
     with torch.inference_mode():
-        return torch.cat([torch.sigmoid(core(*encoder.inputs(texts[start : start + encoder.max_batch])))
-                          for start in range(0, len(texts), encoder.max_batch)])
+        probabilities = torch.empty(len(texts))
+        for positions, inputs in encoder.chunks(texts):  # each featuriser splits a batch into forward passes its own way
+            probabilities[positions] = torch.sigmoid(core(*inputs))
+    return probabilities
 
 
 def naive_bayes_scale(bags: list[list[int]], labels: list[int], vocab_size: int, alpha: float = 1.0) -> torch.Tensor:

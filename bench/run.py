@@ -31,8 +31,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +88,8 @@ def versions() -> dict:
 
 
 def main() -> None:
+    # A `kill` of the run (SIGTERM) unwinds like Ctrl-C, so the servers' context managers stop them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-version", default="1", help="selects build/vN/export and its archive (bench/model.py)")
     parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds per point before measuring")
