@@ -75,3 +75,28 @@ class Predictor:
             request.answer(probabilities[cursor : cursor + len(request.texts)], self.signature)
             cursor += len(request.texts)
         return [response_body(request, self.signature) for request in requests]
+
+
+def scoring_ceiling(artifact_dir: Path, bodies: dict[str, list[str]], batch_sizes=(1, 8, 32), seconds: float = 1.0) -> dict:
+    """In-process texts per CPU-second of the scoring function (featurise, forward, sigmoid) on one
+    thread, per body kind and batch size: all that batching can save inside one worker, with no
+    server around it. On a CPU a transformer's forward costs about the same per token at any batch
+    size, so this bounds what any server's batching can win."""
+    import time
+
+    import torch
+    from batch_predict import load_core
+
+    torch.set_num_threads(1)
+    score = load_core(str(artifact_dir))
+    out = {}
+    for kind, texts in bodies.items():
+        out[kind] = {}
+        for size in batch_sizes:
+            done, started = 0, time.process_time()
+            while time.process_time() - started < seconds:
+                start = (done * size) % len(texts)
+                score((texts * 2)[start : start + size])
+                done += 1
+            out[kind][str(size)] = round(done * size / (time.process_time() - started), 1)
+    return {"texts_per_cpu_s": out, "threads": 1, "note": " ".join(scoring_ceiling.__doc__.split())}

@@ -190,6 +190,11 @@ def summary_markdown(results: dict) -> str:
                       f"{s} {v['throughput']}x, {v['p99']}x" for s, v in t["torchserve_vs"].items())
                   + ". Capacity with the host to itself (req/s): " + ", ".join(
                       f"{s} {v}" for s, v in t["capacity_with_host_to_itself"].items() if s != "note")]
+    scoring = results.get("scoring_ceiling")
+    if scoring:
+        lines += ["", "In-process scoring function (featurise + forward + sigmoid), one thread, texts per CPU-second by batch size: "
+                  + "; ".join(f"{kind} " + ", ".join(f"b{size} {rate:.0f}" for size, rate in rates.items())
+                              for kind, rates in scoring["texts_per_cpu_s"].items())]
     lines += grid_table(points) + ceilings_lines(results)
     rec = results["recommended_defaults"]
     lines += ["", "Recommended model-config.yaml: " + ", ".join(f"{k}: {v}" for k, v in rec["model_config_yaml"].items())

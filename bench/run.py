@@ -171,6 +171,9 @@ def measure(args, scratch: Path, started: float, run: Provenance) -> dict:
                                          profiled, 0.6 if quick else 1.0)
             results["ceilings"], results["worker_profile"] = measured["ceilings"], measured["worker_profile"]
             log(f"  parity: {results['ceilings']['parity']}")
+        log("in-process scoring function by batch size")
+        results["scoring_ceiling"] = model.scoring_ceiling(artifact, {"short": corpus.short()[0], "long": corpus.long()[0]},
+                                                           seconds=0.5 if quick else 1.5)
         sample = corpus.json_bodies(corpus.mix(signature["max_chars"], n=20, seed=1)[0])
         results["head_to_head"] = headtohead.run(bench, results, version, store, artifact, shipped, threads, sample)
         grid.run(bench, results, store, grid_batch, sweep)
