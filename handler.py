@@ -16,7 +16,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from explain import explainer_for, max_texts
 from model_def import predict_proba
-from payload import BadRequest, Parsed, RequestError, Unavailable, explanation_body, parse_request, response_body
+from payload import BadRequest, Parsed, RequestError, Unavailable, answer_all, explanation_body, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_encoder
 
@@ -102,10 +102,7 @@ class SentimentHandler(BaseHandler):
             self.retry_one_by_one(valid)
             self.add_explanations(valid)
             return parsed
-        cursor = 0
-        for request in valid:
-            request.answer(probabilities[cursor : cursor + len(request.texts)], self.signature)
-            cursor += len(request.texts)
+        answer_all(valid, probabilities, self.signature)
         self.add_explanations(valid)
         return parsed
 

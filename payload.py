@@ -140,6 +140,14 @@ def check_text(text, where: str, signature: Signature) -> str:
     return text
 
 
+def answer_all(requests: list[Parsed], probabilities: list[float], signature: Signature) -> None:
+    """Give each request its share of one forward pass over all their texts, concatenated in order."""
+    cursor = 0
+    for request in requests:
+        request.answer(probabilities[cursor : cursor + len(request.texts)], signature)
+        cursor += len(request.texts)
+
+
 def labelled(probabilities: list[float], signature: Signature) -> tuple[list[float], list[str]]:
     """Probabilities as answered (6 decimals) and their labels, taken from the rounded value so that
     an answer never disagrees with itself. The one place that labels: the handler, its metrics and

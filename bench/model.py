@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from payload import parse_request, response_body  # noqa: E402
+from payload import answer_all, parse_request, response_body  # noqa: E402
 
 MODEL = "sentiment"
 TORCH_THREADS = 1  # per serving process unless the archive's config says otherwise, as handler.TORCH_THREADS
@@ -69,11 +69,7 @@ class Predictor:
 
     def answer(self, requests: list) -> list[dict]:
         """Response bodies for a batch of parsed requests: one call of the scoring function."""
-        probabilities = self.score([text for request in requests for text in request.texts])
-        cursor = 0
-        for request in requests:
-            request.answer(probabilities[cursor : cursor + len(request.texts)], self.signature)
-            cursor += len(request.texts)
+        answer_all(requests, self.score([text for request in requests for text in request.texts]), self.signature)
         return [response_body(request, self.signature) for request in requests]
 
 

@@ -250,3 +250,17 @@ def ceilings_lines(results: dict) -> list[str]:
                   "", "CPU ms per request at c=1 (costs, not latency shares; the JVM also handles the worker's log lines): "
                   + ", ".join(f"{k} {v}" for k, v in b["cpu_ms_per_request_at_1_client"].items())]
     return lines
+
+
+def readme_table(results: dict) -> str:
+    """The head-to-head as README shows it (tests/test_readme_numbers.py checks that README holds exactly this)."""
+    rows = {(r["server"], r["body"], r["concurrency"]): r for r in results["head_to_head"]}
+    top = CONCURRENCY[-1]
+    lines = [f"| server, 32 clients | req/s short | req/s long | req/s mix | p99 ms mix | p50 ms short, 1 client | server CPU us/req mix | RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for server in dict.fromkeys(r["server"] for r in results["head_to_head"]):
+        mix, short1 = rows[(server, "mix", top)], rows[(server, "short", 1)]
+        name = f"**{server}**" if server == "torchserve" else server
+        lines.append(f"| {name} | " + " | ".join(f"{rows[(server, body, top)]['req_per_s']:,.0f}" for body in ("short", "long", "mix"))
+                     + f" | {mix['p99_ms']:,.1f} | {short1['p50_ms']:.1f} | {mix['cpu_us_per_req']:,.0f} | {mix['rss_mb']:,.0f} |")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -16,7 +17,8 @@ def results(name: str) -> dict:
 
 
 def test_readme_cites_results_files():
-    assert {"bench/results/models.json", "bench/results/long_reviews.json", "bench/results/results.json"} <= {
+    assert {"bench/results/models.json", "bench/results/long_reviews.json", "bench/results/results.json",
+            "bench/results/results_v2.json"} <= {
         path for path, _ in CITATION.findall(README)}
 
 
@@ -44,3 +46,11 @@ def test_long_review_numbers_are_long_reviews_json():
     for name, measured in results("bench/results/long_reviews.json")["strategies"].items():
         pair = re.escape(f"{measured['accuracy']:.3f}") + r"[^\d]{1,20}" + re.escape(f"{measured['roc_auc']:.3f}")
         assert re.search(pair, README), (name, measured)
+
+
+@pytest.mark.parametrize("name", ["bench/results/results.json", "bench/results/results_v2.json"])
+def test_benchmark_tables_are_the_results_files(name):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from report import readme_table
+
+    assert readme_table(results(name)) in README, name
