@@ -21,7 +21,7 @@ import torch
 
 from drift import reference_distribution
 from model_def import ModelConfig, SentimentClassifier, TransformerClassifier, TransformerConfig, predict_proba
-from signature import MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, VOCAB_FILE, Signature, load_encoder
+from signature import MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder
 from text import Features
 from train import load_dataset, split
 

@@ -1,9 +1,12 @@
-"""TorchServe's frontend -> worker PREDICT message, built in Python, so that a handler can be run
-exactly as a backend worker runs it (ts.protocol.otf_message_handler.retrieve_msg decodes it)
-without a frontend: the handler unit tests and the worker profile of `make bench` use it."""
+"""TorchServe's frontend -> worker PREDICT message, built in Python, and the handler loaded as a
+worker loads it, so that a handler can be run exactly as a backend worker runs it
+(ts.protocol.otf_message_handler.retrieve_msg decodes the message) without a frontend: the handler
+and explanation unit tests and the worker profile of `make bench` use it."""
 
 import io
+import json
 import struct
+from pathlib import Path
 
 END = struct.pack("!i", -1)  # ends a list: the headers of a request, its parameters, the requests
 
@@ -34,3 +37,22 @@ class MessageSocket:
 
     def recv(self, n: int) -> bytes:
         return self.stream.read(n)
+
+
+def load_handler(model_dir: Path, batch_size: int):
+    """(SentimentHandler, Context) for an unpacked archive, initialised the way TorchServe's model
+    loader does it: Service builds the Context, with the metrics cache of TorchServe's own metrics.yaml."""
+    import ts
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+    from ts.service import Service
+
+    from handler import SentimentHandler
+
+    manifest = json.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_text())
+    metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = manifest["model"]["modelName"]
+    service = Service(manifest["model"]["modelName"], str(model_dir), manifest, None, None, batch_size, metrics_cache=metrics)
+    handler = SentimentHandler()
+    handler.initialize(service.context)
+    return handler, service.context

@@ -256,7 +256,7 @@ def readme_table(results: dict) -> str:
     """The head-to-head as README shows it (tests/test_readme_numbers.py checks that README holds exactly this)."""
     rows = {(r["server"], r["body"], r["concurrency"]): r for r in results["head_to_head"]}
     top = CONCURRENCY[-1]
-    lines = [f"| server, 32 clients | req/s short | req/s long | req/s mix | p99 ms mix | p50 ms short, 1 client | server CPU us/req mix | RSS MB |",
+    lines = ["| server, 32 clients | req/s short | req/s long | req/s mix | p99 ms mix | p50 ms short, 1 client | server CPU us/req mix | RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for server in dict.fromkeys(r["server"] for r in results["head_to_head"]):
         mix, short1 = rows[(server, "mix", top)], rows[(server, "short", 1)]

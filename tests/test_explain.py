@@ -18,9 +18,7 @@ import pandas as pd
 import pytest
 import requests
 import torch
-import ts
 from ts.context import Context
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.protocol.otf_message_handler import retrieve_msg
 from ts.service import Service
 
@@ -36,12 +34,12 @@ from model_def import predict_proba
 from signature import Signature, load_encoder
 from text import normalize, token_spans, tokenize
 from train import load_dataset
+import worker_message
 from worker_message import MessageSocket, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 POSITIVE = "A gorgeous, moving film with a wonderful cast."
 NEGATIVE = "Dull, lifeless and far too long: a tedious waste of time."
@@ -213,14 +211,7 @@ def test_top_words_sum_occurrences_and_split_by_sign():
 def load_handler(mar: Path, folder: Path) -> tuple[SentimentHandler, Context]:
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(folder)
-    manifest = json.loads((folder / "MAR-INF" / "MANIFEST.json").read_text())
-    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
-    metrics.initialize_cache()
-    metrics.model_name = manifest["model"]["modelName"]
-    service = Service(manifest["model"]["modelName"], str(folder), manifest, None, None, 8, metrics_cache=metrics)
-    handler = SentimentHandler()
-    handler.initialize(service.context)
-    return handler, service.context
+    return worker_message.load_handler(folder, batch_size=8)
 
 
 def run_batch(handler, context, requests_: list[dict]) -> list:

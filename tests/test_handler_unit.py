@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import ts
 from ts.context import Context
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.protocol.otf_message_handler import retrieve_msg
 from ts.service import Service
 from ts.utils.util import list_classes_from_module
@@ -18,13 +16,12 @@ from ts.utils.util import list_classes_from_module
 import handler as handler_module
 from handler import SentimentHandler
 from model_def import to_tensors
-from worker_message import MessageSocket, predict_message
+from worker_message import MessageSocket, load_handler, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 MAR = ROOT / "model_store" / "sentiment.mar"
-METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 POSITIVE = [
     "A gorgeous, moving film with a wonderful cast.",
@@ -87,13 +84,7 @@ def manifest(model_dir) -> dict:
 def loaded(model_dir, manifest):
     """A SentimentHandler initialised the way TorchServe's model loader does it (Service builds the Context)."""
     threads = torch.get_num_threads()
-    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
-    metrics.initialize_cache()
-    metrics.model_name = manifest["model"]["modelName"]
-    service = Service(manifest["model"]["modelName"], str(model_dir), manifest, None, None, 16, metrics_cache=metrics)
-    handler = SentimentHandler()
-    handler.initialize(service.context)
-    yield handler, service.context
+    yield load_handler(model_dir, batch_size=16)
     torch.set_num_threads(threads)  # initialize() pins the process to one thread; give the other tests theirs back
 
 

@@ -8,7 +8,6 @@ in-distribution traffic raises no alert, only-negative reviews and long reviews 
 import http.server
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
