@@ -144,6 +144,10 @@ def runs(proc: psutil.Process, *marks: str) -> bool:
     return any(mark in cmdline for mark in marks)
 
 
+class FrontendExited(RuntimeError):
+    """The frontend exited while starting (TorchServe logs only "Torchserve stopped." when it cannot bind a port)."""
+
+
 class LocalTorchServe:
     """`with LocalTorchServe(model_store, models="sentiment.mar") as ts: requests.post(ts.inference + ...)`.
 
@@ -153,6 +157,12 @@ class LocalTorchServe:
     homes: set[str] = set()  # of every instance, so a test session can check that none outlived it
 
     def __init__(self, model_store: Path, models: str = "sentiment.mar", config: dict | None = None, env: dict | None = None):
+        self.model_store, self.models, self.overrides, self.extra_env = model_store, models, config or {}, env or {}
+        self.frontend: psutil.Process | None = None
+        self.configure()
+
+    def configure(self) -> None:
+        """A fresh home (TMPDIR, logs) and free ports, written into its config.properties."""
         self.home = Path(tempfile.mkdtemp(prefix="torchserve-"))
         LocalTorchServe.homes.add(str(self.home))
         self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
@@ -162,23 +172,36 @@ class LocalTorchServe:
             inference_address=self.inference,
             management_address=self.management,
             metrics_address=self.metrics,
-            model_store=str(Path(model_store).resolve()),
-            load_models=models,
+            model_store=str(Path(self.model_store).resolve()),
+            load_models=self.models,
             # Workers talk to the frontend over /tmp/.ts.sock.<port> (the JVM ignores TMPDIR), counting
             # up from 9000: a server of its own needs a range of its own.
             initial_worker_port=free_port(),
             grpc_inference_port=free_port(),
             grpc_management_port=free_port(),
         )
-        settings.update(config or {})
+        settings.update(self.overrides)
         self.config_file = self.home / "config.properties"
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.env = {**os.environ, "TMPDIR": str(self.home), "LOG_LOCATION": str(self.home / "logs"),
-                    "METRICS_LOCATION": str(self.home / "logs"), "TEMP": str(self.home), **(env or {})}
-        self.frontend: psutil.Process | None = None
+                    "METRICS_LOCATION": str(self.home / "logs"), "TEMP": str(self.home), **self.extra_env}
         self.admin = TorchServeAdmin(self.management)
 
-    def start(self, timeout: float = 120) -> "LocalTorchServe":
+    def start(self, timeout: float = 120, attempts: int = 3) -> "LocalTorchServe":
+        """Start and wait until ready. A free port can be taken by another socket (a client's ephemeral
+        port) between free_port() and the JVM binding it: then the frontend exits, and the start is
+        retried on new ports (at most `attempts` times), unless the caller fixed the addresses."""
+        for attempt in range(attempts):
+            try:
+                return self.start_once(timeout)
+            except FrontendExited:
+                if attempt == attempts - 1 or any(k.endswith("_address") for k in self.overrides):
+                    raise
+                self.configure()
+        raise AssertionError("unreachable")
+
+    def start_once(self, timeout: float) -> "LocalTorchServe":
+        self.frontend = None
         started = subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
                                  env=self.env, cwd=self.home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pid_file = self.home / ".model_server.pid"
@@ -192,11 +215,19 @@ class LocalTorchServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.frontend is None and pid_file.exists() and pid_file.read_text().strip():
-                self.frontend = psutil.Process(int(pid_file.read_text().strip()))
+                try:
+                    self.frontend = psutil.Process(int(pid_file.read_text().strip()))
+                except psutil.NoSuchProcess:
+                    self.stop()
+                    raise FrontendExited(self.log()[-1000:]) from None
             if self.ready():
                 return self
             if "Load model failed" in self.log():
                 break
+            if self.frontend is not None and not self.frontend.is_running():
+                log = self.log()[-1000:]
+                self.stop()
+                raise FrontendExited(log)
             time.sleep(0.5)
         logs = self.log()[-2000:] + "\n" + self.log("model_log.log")[-2000:]
         self.stop()

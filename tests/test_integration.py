@@ -1,5 +1,6 @@
 """The shipped archive on a real TorchServe: predictions, request forms, bad input, scaling, metrics, stop."""
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +160,21 @@ def test_metrics_are_prometheus_text(server, scrape, await_metrics):
     after = await_metrics(server, requests_counted, {"sentiment": before + 1})
     assert after == {"sentiment": before + 1}
     assert scrape(server).type("ts_inference_requests") == "counter"
+
+
+def test_start_moves_to_new_ports_when_one_is_taken():
+    """free_port() cannot reserve a port: if another socket takes it before the JVM binds it, the
+    frontend exits ("Address already in use") and start() retries on new ports."""
+    ts = LocalTorchServe(MODEL_STORE)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", ts.ports["inference"]))
+    taken.listen()
+    try:
+        ts.start()
+        assert ts.ports["inference"] != taken.getsockname()[1] and ts.ready()
+    finally:
+        ts.stop()
+        taken.close()
 
 
 def test_stop_leaves_no_process():
