@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from text import to_tensors  # noqa: F401  (training and tests build v1 inputs with it from here)
+
 
 @dataclass
 class ModelConfig:
@@ -35,10 +37,6 @@ class SentimentClassifier(nn.Module):
         """ids: int64 [n_features] (all texts, flat); offsets: int64 [batch] start of each text. Returns logits [batch]."""
         summed = self.weight(ids, offsets, per_sample_weights=self.feature_scale[ids])
         return summed.squeeze(1) + self.bias
-
-
-def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
 def predict_proba(core, texts: list[str], encoder) -> torch.Tensor:

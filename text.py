@@ -148,6 +148,11 @@ def build_vocab(texts: Iterable[str], features: Features, min_count: int) -> lis
     return sorted(kept, key=lambda g: (-counts[g], g))
 
 
+def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat feature ids and bag offsets as the v1 core takes them (int64)."""
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
 class Encoder:
     """Text -> feature ids for one vocabulary: `ids = Encoder(index, features)(text)`.
 
@@ -184,8 +189,7 @@ class Encoder:
 
     def inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The v1 core's inputs: int64 ids [n_features] and offsets [batch]."""
-        ids, offsets = self.batch(texts)
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+        return to_tensors(*self.batch(texts))
 
     def chunks(self, texts: Sequence[str]) -> Iterator[tuple[list[int], tuple[torch.Tensor, torch.Tensor]]]:
         """The forward passes for a batch of texts, with the positions of their texts: consecutive runs of max_batch."""

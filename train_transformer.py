@@ -84,7 +84,7 @@ def train(texts: list[str], labels: list[int], encoder: WordPieceEncoder, weight
     while step < total:
         for batch in length_batches(list(map(len, rows)), BATCH_SIZE, rng):
             model.train()
-            input_ids, attention_mask = encoder.inputs([train_texts[i] for i in batch])
+            input_ids, attention_mask = encoder.padded([rows[i] for i in batch])  # tokenised once, above
             loss = F.binary_cross_entropy_with_logits(model(input_ids, attention_mask), targets[batch])
             optimizer.zero_grad()
             loss.backward()
