@@ -140,7 +140,7 @@ def main() -> None:
     model, config, metrics = train(texts, labels, encoder, load_file(str(weights_file)), args.seed, args.epochs,
                                    args.max_steps, args.eval_size)
     metrics.update(train_seconds=round(time.perf_counter() - started, 1), data_md5=md5, data_dir=str(args.data.resolve()),
-                   pretrained={"package": pretrained.PACKAGE, "sha256": pretrained.WEIGHTS_SHA256})
+                   pretrained={"package": pretrained.PACKAGE, "sha256": pretrained.FILES_SHA256})
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({"architecture": "transformer", "config": asdict(config), "max_length": MAX_LENGTH, "head_tokens": HEAD_TOKENS,
