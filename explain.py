@@ -35,7 +35,7 @@ from text import Encoder, WordPieceEncoder, blank_tags, ngrams, token_spans
 # and 0.85; 8: 1.1 and 5.4): README, "Explanations". model-config.yaml's `handler: {explain_steps: N}` overrides it.
 STEPS = 32
 MAX_ROWS = 16  # path points per forward/backward pass: bounds memory (rows x 256 pieces x 384 x 6 layers)
-# Texts per explanation request: v1 as many as a prediction (64: ~2 s at 10,000 characters each); v2 few,
+# Texts per explanation request: v1 as many as a prediction, within Signature.max_explain_chars in all; v2 few,
 # since a long review costs seconds (one TorchServe batch of explanations must end within responseTimeout).
 MAX_TEXTS = {TRANSFORMER: 2}
 

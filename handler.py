@@ -16,7 +16,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from explain import explainer_for, max_texts
 from model_def import predict_proba
-from payload import BadRequest, Parsed, RequestError, Unavailable, answer_all, explanation_body, parse_request, response_body
+from payload import JSON, BadRequest, Parsed, RequestError, Unavailable, answer_all, encoded, explanation_body, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_encoder
 
@@ -25,14 +25,11 @@ log = logging.getLogger(__name__)
 # Threads per worker unless model-config.yaml's `handler: {torch_threads: N}` says otherwise: one,
 # because workers, not threads, use the cores (more threads only contend with the other workers).
 TORCH_THREADS = 1
-# After a batch's forward pass fails, its requests are retried one by one so that one request that
-# breaks the model fails alone; this many failures in a row mean the model itself is broken, and
-# the rest of the batch fails without more passes (a broken model costs a few passes, not N + 1).
-MAX_FAILED_RETRIES = 2
-# Explanations cost up to seconds each (v2). One that would start after this share of the model's
-# responseTimeout into a batch is answered 503 (retry) instead, so that a batch of explanations never
-# runs into the timeout, which would restart the worker and fail every request of the batch.
-EXPLAIN_BUDGET = 1 / 3
+# A batch may spend this share of the model's responseTimeout: its requests are admitted while their
+# estimated cost (Signature.estimated_seconds, measured by export) fits, and no retry pass or
+# explanation starts after it. The rest is margin for a loaded machine: a batch that outruns the
+# timeout restarts the worker and fails every request in it. What is not admitted gets 503 (retry).
+BATCH_BUDGET = 1 / 3
 
 
 class SentimentHandler(BaseHandler):
@@ -47,7 +44,7 @@ class SentimentHandler(BaseHandler):
         self.encoder = load_encoder(model_dir, self.signature)
         # model-config.yaml's `handler: {explain_steps: N}` overrides v2's Integrated Gradients steps (explain.STEPS).
         self.explainer = explainer_for(self.model, self.encoder, self.signature, settings.get("explain_steps"))
-        self.explain_budget = float(model_config.get("responseTimeout", 120)) * EXPLAIN_BUDGET  # 120 s: TorchServe's default
+        self.budget = float(model_config.get("responseTimeout", 120)) * BATCH_BUDGET  # 120 s: TorchServe's default
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
         log.info("loaded %s v%s (%s, %d torch threads)", self.signature.model_name, self.signature.version,
@@ -69,7 +66,7 @@ class SentimentHandler(BaseHandler):
             explain = self.is_explanation(idx)
             try:
                 request = parse_request(body, self.request_content_type(idx, row), self.signature,
-                                        max_texts(self.signature) if explain else None)
+                                        *((max_texts(self.signature), self.signature.max_explain_chars) if explain else ()))
             except BadRequest as error:
                 request = Parsed(error=error)
             request.explain = explain
@@ -91,48 +88,67 @@ class SentimentHandler(BaseHandler):
         return header.get("content-type") if isinstance(header, dict) else header
 
     def inference(self, parsed: list[Parsed]) -> list[Parsed]:
-        """One forward pass over every text of every valid request in the batch. If it fails, each
-        request is retried alone (up to MAX_FAILED_RETRIES failures in a row), so one request that
-        breaks the model fails alone (HTTP 500)."""
-        valid = [request for request in parsed if request.error is None]
-        try:
-            probabilities = self.forward([text for request in valid for text in request.texts])
-        except Exception:
-            log.exception("batch forward failed; retrying its %d requests one by one", len(valid))
-            self.retry_one_by_one(valid)
-            self.add_explanations(valid)
-            return parsed
-        answer_all(valid, probabilities, self.signature)
-        self.add_explanations(valid)
+        """One forward pass over every text of the admitted requests; explanations for those that asked."""
+        admitted = self.admit([request for request in parsed if request.error is None])
+        self.answer_isolating_failures(admitted)
+        self.add_explanations(admitted)
         return parsed
+
+    def admit(self, requests: list[Parsed]) -> list[Parsed]:
+        """The requests, in order, whose estimated cost fits the batch's budget (the first always does:
+        one request of max_texts costliest texts is well within it); the others are answered 503 before
+        any work. TorchServe sizes batches by count, not cost: 32 requests of 64 long texts would take
+        v1 ~30 s against its 10 s timeout."""
+        admitted, spent = [], 0.0
+        for request in requests:
+            cost = self.signature.estimated_seconds(request.texts)
+            if admitted and spent + cost > self.budget:
+                request.error = Unavailable("batch_budget", f"this batch's other requests use its {self.budget:.0f} s budget: retry")
+                continue
+            admitted.append(request)
+            spent += cost
+        return admitted
+
+    def over_budget(self) -> bool:
+        return time.monotonic() - self.batch_started > self.budget
+
+    def answer_isolating_failures(self, requests: list[Parsed]) -> None:
+        """One forward pass over all the requests' texts. If it fails, each half is tried alone, down to
+        the single requests that break the model (HTTP 500): k such requests among n cost about
+        2k log2(n) passes, not n + 1, and fail only themselves. A retry pass that would start after the
+        budget is answered 503 instead, so that a slow failure cannot outrun the timeout."""
+        if not requests:
+            return
+        try:
+            answer_all(requests, self.forward([text for request in requests for text in request.texts]), self.signature)
+            return
+        except Exception as error:
+            if len(requests) == 1:
+                log.exception("forward failed for one request")
+                requests[0].error = RequestError("inference_error", f"inference failed: {type(error).__name__}")
+                return
+            log.warning("forward failed over %d requests (%s: %s); trying each half alone", len(requests), type(error).__name__, error)
+        middle = len(requests) // 2
+        for half in (requests[:middle], requests[middle:]):
+            if self.over_budget():
+                for request in half:
+                    request.error = Unavailable("batch_budget", f"a failed pass used this batch's {self.budget:.0f} s budget: retry")
+            else:
+                self.answer_isolating_failures(half)
 
     def add_explanations(self, requests: list[Parsed]) -> None:
         """Explanations for the explanation requests that were answered; one that fails fails alone (HTTP 500),
-        one that would start after the batch's time budget is answered 503."""
+        one that would start after the batch's budget is answered 503."""
         for request in requests:
             if request.explain and request.error is None:
-                if time.monotonic() - self.batch_started > self.explain_budget:
-                    request.error = Unavailable("explanation_budget", f"explanations of this batch took over {self.explain_budget:.0f} s: retry")
+                if self.over_budget():
+                    request.error = Unavailable("explanation_budget", f"explanations of this batch took over {self.budget:.0f} s: retry")
                     continue
                 try:
                     request.explanations = [self.explainer(text).as_dict() for text in request.texts]
                 except Exception as error:
                     log.exception("explanation failed for one request")
                     request.error = RequestError("inference_error", f"explanation failed: {type(error).__name__}")
-
-    def retry_one_by_one(self, requests: list[Parsed]) -> None:
-        failed_in_a_row = 0
-        for request in requests:
-            if failed_in_a_row >= MAX_FAILED_RETRIES:
-                request.error = RequestError("inference_error", f"inference failed: not retried after {MAX_FAILED_RETRIES} requests of its batch failed in a row")
-                continue
-            try:
-                request.answer(self.forward(request.texts), self.signature)
-                failed_in_a_row = 0
-            except Exception as error:
-                log.exception("forward failed for one request")
-                request.error = RequestError("inference_error", f"inference failed: {type(error).__name__}")
-                failed_in_a_row += 1
 
     def forward(self, texts: list[str]) -> list[float]:
         return predict_proba(self.model, texts, self.encoder).tolist()
@@ -143,4 +159,8 @@ class SentimentHandler(BaseHandler):
                 log.info("request %d answered %d (%s): %s", idx, request.error.status, request.error.kind, request.error)
                 self.context.set_response_status(request.error.status, str(request.error), idx)
         self.prediction_metrics.record(parsed, self.signature)
-        return [(explanation_body if request.explain else response_body)(request, self.signature) for request in parsed]
+        answers = []
+        for idx, request in enumerate(parsed):
+            self.context.set_response_content_type(idx, JSON)
+            answers.append(encoded((explanation_body if request.explain else response_body)(request, self.signature)))
+        return answers

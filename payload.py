@@ -8,10 +8,10 @@ text/* already decoded (str), and anything it could not decode as raw bytes.
 """
 
 import json
-import unicodedata
 from dataclasses import dataclass, field
 
 from signature import Signature
+from text import normalized_length_bound
 
 JSON, PLAIN_TEXT = "application/json", "text/plain"
 
@@ -64,9 +64,19 @@ class Parsed:
         return self
 
 
-def parse_request(body, content_type: str | None, signature: Signature, max_texts: int | None = None) -> Parsed:
+def parse_request(body, content_type: str | None, signature: Signature, max_texts: int | None = None,
+                  max_total_chars: int | None = None) -> Parsed:
     """Texts of one request body; BadRequest (naming what is wrong) if it is not usable. `max_texts`
-    lowers signature.max_texts (an explanation costs more than a prediction)."""
+    lowers signature.max_texts and `max_total_chars` bounds all texts together (an explanation costs
+    more than a prediction, and its answer grows with its words)."""
+    parsed = _parse(body, content_type, signature, max_texts)
+    if max_total_chars is not None and (total := sum(map(len, parsed.texts))) > max_total_chars:
+        raise BadRequest("explanation_too_long", f"an explanation request may hold {max_total_chars} characters in all, "
+                                                 f"got {total}: send fewer or shorter texts per request")
+    return parsed
+
+
+def _parse(body, content_type: str | None, signature: Signature, max_texts: int | None) -> Parsed:
     content_type = (content_type or "").split(";")[0].strip().lower()
     if content_type not in (JSON, PLAIN_TEXT):
         raise BadRequest(
@@ -112,7 +122,7 @@ def parse_v2(body: dict, signature: Signature, max_texts: int | None = None) -> 
         raise BadRequest("missing_text", 'KServe v2 request must have exactly one input named "text" (datatype BYTES)')
     request_id = body.get("id")
     return Parsed(check_texts(named[0].get("data"), "inputs[text].data", signature, max_texts), form="v2",
-                  request_id=request_id if isinstance(request_id, str) else None)
+                  request_id=check_unicode(request_id, "id") if isinstance(request_id, str) else None)
 
 
 def check_texts(texts, where: str, signature: Signature, max_texts: int | None = None) -> list[str]:
@@ -129,14 +139,26 @@ def check_text(text, where: str, signature: Signature) -> str:
         raise BadRequest("wrong_type", f"{where} must be a string, got {type(text).__name__}")
     if "\x00" in text:
         raise BadRequest("null_byte", f"{where} contains a null byte")
+    check_unicode(text, where)
     if not text.strip():
         raise BadRequest("empty_text", f"{where} is empty or whitespace only")
     if len(text) > signature.max_chars:
         raise BadRequest("text_too_long", f"{where} has {len(text)} characters, the limit is {signature.max_chars}")
-    # Compatibility forms can expand (U+FDFA is 18 characters in NFKC): the limit holds for the text the featurisers see.
-    if not text.isascii() and len(expanded := unicodedata.normalize("NFKC", text)) > signature.max_chars:
-        raise BadRequest("text_too_long", f"{where} has {len(expanded)} characters once Unicode-normalised (NFKC), "
-                                          f"the limit is {signature.max_chars}")
+    # The limit holds for the text the model reads: HTML entities and compatibility forms expand.
+    if (expanded := normalized_length_bound(text)) > signature.max_chars:
+        raise BadRequest("text_too_long", f"{where} has up to {expanded} characters once normalised (HTML entities, "
+                                          f"Unicode NFKC), the limit is {signature.max_chars}")
+    return text
+
+
+def check_unicode(text: str, where: str) -> str:
+    """JSON's "\\ud800" escape decodes to a lone surrogate: not Unicode text, so no tokenizer, UTF-8 writer
+    or JSON answer can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest("lone_surrogate", f"{where} contains a lone UTF-16 surrogate (U+{ord(text[error.start]):04X}) "
+                                           f"at character {error.start}: escape a character outside the BMP as a pair") from None
     return text
 
 
@@ -170,6 +192,12 @@ def response_body(request: Parsed, signature: Signature) -> dict:
     predictions = [{"label": label, "probability": p} for label, p in zip(labels, probabilities)]
     version = {"model_version": signature.version}
     return {"predictions": predictions, **version} if request.form == "texts" else {**predictions[0], **version}
+
+
+def encoded(body: dict | list) -> bytes:
+    """An answer as compact UTF-8 JSON. Handed bytes, TorchServe sends them as they are; handed a dict,
+    it writes json.dumps(indent=2) with ASCII escapes, up to 3x larger (max_response_size counts them)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def explanation_body(request: Parsed, signature: Signature) -> dict | list:

@@ -32,6 +32,12 @@ class Signature:
     threshold: float = 0.5
     max_chars: int = 10_000  # per text; long film reviews run to ~14k characters, rt-polarity snippets to ~270
     max_texts: int = 64  # per request in {"texts": [...]}
+    max_explain_chars: int = 40_000  # all texts of one explanation request together: bounds its answer (max_response_size)
+    # The cost of the costliest admissible text (worst_case.py) in seconds, one thread, measured by export.py in a
+    # full forward pass; a text of `full_cost_chars` characters or more may cost that much, a shorter one its share.
+    # The handler admits a batch's requests only while their estimated cost fits its share of responseTimeout.
+    seconds_per_text: float = 0.0
+    full_cost_chars: int = 10_000
     model_file: str = MODEL_FILE
     onnx_file: str = ONNX_FILE
     vocab_file: str | None = VOCAB_FILE  # v1
@@ -52,6 +58,12 @@ class Signature:
 
     def label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]
+
+    def estimated_seconds(self, texts: list[str]) -> float:
+        """An upper bound on the forward cost of `texts` (one thread, no other load): cost grows with a
+        text's length up to `full_cost_chars` (v1: all of max_chars; v2: max_length tokens, which need at
+        least as many characters)."""
+        return self.seconds_per_text * sum(min(1.0, len(text) / self.full_cost_chars) for text in texts)
 
     def save(self, folder: Path) -> None:
         (Path(folder) / SIGNATURE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -11,6 +11,21 @@ PER_TEXT_FRAMING = 16  # quotes, comma and pretty-printing whitespace around eac
 ENVELOPE = 64 * 1024  # everything else: keys, a KServe v2 input's name/datatype/shape, its id, whitespace
 
 
+# An explanation answer (compact JSON: payload.encoded) lists each word the model read, at most one per
+# character of the normalised text: {"token":"…","start":10000,"end":10000,"contribution":-1.2345678901234567e-05},
+# in 79 bytes plus the word's characters at up to 6 bytes each (a control character's \u0001 escape).
+MAX_EXPLANATION_BYTES_PER_CHAR = 79 + 6
+PER_ANSWER_FRAMING = 512  # label, probability, version, base, logit, method and completeness error of one text
+
+
+def max_response_bytes(max_texts: int, max_explain_chars: int) -> int:
+    """The largest answer within the signature's limits: an explanation request of max_explain_chars
+    characters in all (predictions are far smaller). TorchServe's max_response_size must be at least
+    this: a larger answer makes the frontend close the worker ("Message size exceed limit") and every
+    request batched with it fails."""
+    return max_explain_chars * MAX_EXPLANATION_BYTES_PER_CHAR + max_texts * PER_ANSWER_FRAMING + ENVELOPE
+
+
 def max_request_bytes(max_texts: int, max_chars: int) -> int:
     """The largest JSON body a request within the signature's limits (max_texts texts of max_chars
     characters, in any form: {"texts": [...]}, KServe v2, however escaped) needs: TorchServe's

@@ -39,6 +39,23 @@ class MessageSocket:
         return self.stream.read(n)
 
 
+def handle(handler, context, requests: list[dict]) -> list:
+    """As ts.service.Service.predict: a predict_message's bytes -> TorchServe's own decoding -> handler.handle;
+    returns the answers as a client reads them. The handler hands the worker compact JSON bytes, which it
+    sends as they are (anything else it would pretty-print)."""
+    from ts.protocol.otf_message_handler import retrieve_msg
+    from ts.service import Service
+
+    cmd, batch = retrieve_msg(MessageSocket(predict_message(requests)))
+    assert cmd == b"I"
+    processors, input_batch, req_ids = Service.retrieve_data_for_inference(batch)
+    context.request_ids, context.request_processor, context.metrics.request_ids = req_ids, processors, req_ids
+    responses = handler.handle(input_batch, context)
+    assert len(responses) == len(requests)
+    assert all(isinstance(r, bytes) for r in responses) and all(context.get_response_content_type(i) == "application/json" for i in range(len(requests)))
+    return [json.loads(r) for r in responses]
+
+
 def load_handler(model_dir: Path, batch_size: int):
     """(SentimentHandler, Context) for an unpacked archive, initialised the way TorchServe's model
     loader does it: Service builds the Context, with the metrics cache of TorchServe's own metrics.yaml."""

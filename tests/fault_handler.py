@@ -9,9 +9,12 @@ TorchServe requires the handler module to define exactly one class: the base cla
 through its module (`handler.SentimentHandler`), so it is not a second class of this module.
 """
 
+import logging
 import time
 
 import handler
+
+log = logging.getLogger(__name__)
 
 RAISE_MARKER = "__raise_in_inference__"
 SLEEP_MARKER = "__sleep_in_inference__"
@@ -20,7 +23,8 @@ SLEEP_SECONDS = 60
 
 class FaultInjectingHandler(handler.SentimentHandler):
     def forward(self, texts: list[str]) -> list[float]:
-        if any(RAISE_MARKER in text for text in texts):
+        if poisoned := sum(RAISE_MARKER in text for text in texts):
+            log.info("injected fault: a pass over %d texts, %d poisoned", len(texts), poisoned)  # tests read what each pass held
             raise RuntimeError("injected fault: " + RAISE_MARKER)
         if any(SLEEP_MARKER in text for text in texts):
             time.sleep(SLEEP_SECONDS)

@@ -19,8 +19,6 @@ import pytest
 import requests
 import torch
 from ts.context import Context
-from ts.protocol.otf_message_handler import retrieve_msg
-from ts.service import Service
 
 import batch_predict
 import explain
@@ -35,7 +33,6 @@ from signature import Signature, load_encoder
 from text import normalize, token_spans, tokenize
 from train import load_dataset
 import worker_message
-from worker_message import MessageSocket, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -222,13 +219,7 @@ def run_batch(handler, context, requests_: list[dict]) -> list:
         body = json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body
         wire.append({"id": f"req-{i}", "body": body, "content_type": r.get("content_type", "application/json"),
                      "headers": {"explain": "True" if r.get("explain") else "False"}})
-    _, batch = retrieve_msg(MessageSocket(predict_message(wire)))
-    processors, input_batch, req_ids = Service.retrieve_data_for_inference(batch)
-    context.request_ids, context.request_processor, context.metrics.request_ids = req_ids, processors, req_ids
-    responses = handler.handle(input_batch, context)
-    assert len(responses) == len(requests_)
-    json.dumps(responses)
-    return responses
+    return worker_message.handle(handler, context, wire)
 
 
 def statuses(context, n: int) -> list[int]:
@@ -322,8 +313,8 @@ def test_a_failing_explanation_fails_alone(v1_handler, monkeypatch):
 
 def test_explanations_past_the_batch_budget_answer_503_and_predictions_are_unaffected(v1_handler, monkeypatch):
     handler, context = v1_handler
-    assert handler.explain_budget == pytest.approx(10 / 3)  # model-config.yaml's responseTimeout: 10 s
-    monkeypatch.setattr(handler, "explain_budget", -1.0)
+    assert handler.budget == pytest.approx(10 / 3)  # model-config.yaml's responseTimeout: 10 s
+    monkeypatch.setattr(handler, "over_budget", lambda: True)
     answers = run_batch(handler, context, [{"body": {"text": POSITIVE}, "explain": True}, {"body": {"text": POSITIVE}}])
     assert statuses(context, 2) == [503, 200]
     assert answers[0]["kind"] == "explanation_budget" and answers[0]["code"] == 503

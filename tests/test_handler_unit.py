@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from ts.context import Context
-from ts.protocol.otf_message_handler import retrieve_msg
 from ts.service import Service
 from ts.utils.util import list_classes_from_module
 
 import handler as handler_module
 from handler import SentimentHandler
 from model_def import to_tensors
-from worker_message import MessageSocket, load_handler, predict_message
+from worker_message import MessageSocket, handle, load_handler, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -46,17 +45,8 @@ def wire_request(i: int, request: dict) -> dict:
 
 
 def run_batch(handler: SentimentHandler, context: Context, requests: list[dict]) -> list:
-    """As ts.service.Service.predict: frontend bytes -> TorchServe's own decoding -> handler.handle."""
-    cmd, batch = retrieve_msg(MessageSocket(predict_message([wire_request(i, r) for i, r in enumerate(requests)])))
-    assert cmd == b"I"
-    processors, input_batch, req_ids = Service.retrieve_data_for_inference(batch)
-    context.request_ids = req_ids
-    context.request_processor = processors
-    context.metrics.request_ids = req_ids
-    responses = handler.handle(input_batch, context)
-    assert len(responses) == len(requests)
-    json.dumps(responses)  # the worker serialises each response as JSON
-    return responses
+    """As a backend worker: frontend bytes -> TorchServe's own decoding -> handler.handle -> the answers."""
+    return handle(handler, context, [wire_request(i, r) for i, r in enumerate(requests)])
 
 
 def status(context: Context, idx: int) -> int:

@@ -158,10 +158,34 @@ def test_request_that_breaks_inference_fails_alone(fault_server, reviews):
                               "message": "inference failed: RuntimeError"}
         good_outcomes = outcomes[:15] + outcomes[16:]
         assert [o.kind("text") for o in good_outcomes] == ["ok"] * len(good), [o for o in good_outcomes if o.status != 200][:3]
-    # The poisoned request shared a batch with good ones at least once (so the retry path ran) ...
-    retried = [int(n) for n in re.findall(r"retrying its (\d+) requests one by one", fault_server.log("model_log.log"))]
-    assert retried and max(retried) > 1, retried
+    # The poisoned request shared a forward pass with good ones at least once (so the bisection ran) ...
+    passes = injected_passes(fault_server)
+    assert any(texts > 1 for texts, _ in passes), passes
     # ... and the worker that raised is the worker that still serves.
+    assert fault_server.admin.ready_pids(FAULT_MODEL) == pids
+
+
+def injected_passes(ts: LocalTorchServe) -> list[tuple[int, int]]:
+    """(texts, poisoned texts) of each forward pass that raised, from the fault handler's log lines."""
+    return [(int(n), int(k)) for n, k in re.findall(r"injected fault: a pass over (\d+) texts, (\d+) poisoned", ts.log("model_log.log"))]
+
+
+def test_several_requests_that_break_inference_in_one_batch_fail_alone(fault_server, reviews):
+    """Five poisoned requests among 27 good ones in the same batches: the batch is bisected, each
+    poisoned request gets its 500 and every good one its answer (with 2 failures in a row allowed,
+    the good requests after them were answered "not retried"), with no worker restart."""
+    pids = fault_server.admin.ready_pids(FAULT_MODEL)
+    path = predict_path(FAULT_MODEL)
+    poisoned_at = {3, 4, 11, 20, 21}
+    batch = [Request(path, json.dumps({"text": f"a fine film {RAISE_MARKER}" if i in poisoned_at else text}).encode(), JSON, "text")
+             for i, text in enumerate(reviews[200:232])]
+    before = len(injected_passes(fault_server))
+    outcomes = post_all(fault_server, batch)
+    assert [o.status for o in outcomes] == [500 if i in poisoned_at else 200 for i in range(len(batch))], \
+        [(i, o.status, o.body[:120]) for i, o in enumerate(outcomes) if o.status != (500 if i in poisoned_at else 200)]
+    # Several poisoned requests shared one pass with good ones (one real batch), and far fewer than 1 + 32 passes ran.
+    passes = injected_passes(fault_server)[before:]
+    assert any(poisoned >= 2 and texts > poisoned for texts, poisoned in passes), passes
     assert fault_server.admin.ready_pids(FAULT_MODEL) == pids
 
 

@@ -4,9 +4,11 @@ import dataclasses
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import train
-from text import Encoder, Features, build_vocab, char_ngrams, ngrams, normalize, tokenize
+from text import Encoder, Features, build_vocab, char_ngrams, ngrams, normalize, normalized_length_bound, tokenize
 
 FEATURES = Features()  # word 1..2-grams + character 2..5-grams, as trained
 
@@ -294,3 +296,10 @@ def test_angle_brackets_in_prose_are_not_tags():
     assert tokenize("1 < 2 but 3 > 2") == ["1", "<", "2", "but", "3", ">", "2"]
     # while real tags, closing tags and tags with attributes still go
     assert tokenize('<3 <b>bold</b> <a href="x">link</a>') == ["<", "3", "bold", "link"]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.one_of(st.characters(), st.sampled_from(["&#xFDFA;", "&amp;", "<br />", "\ufdfa", "İ", "e\u0301"]))).map("".join))
+def test_normalized_length_bound_is_never_below_the_normalised_length(text):
+    """payload.check_text's length limit uses the bound, so the model never reads more than max_chars."""
+    assert normalized_length_bound(text) >= len(normalize(text))
