@@ -8,8 +8,9 @@
 Input: .csv (with a header), .jsonl/.ndjson (one JSON object a line) or .parquet. Output, chosen by
 its extension (.csv, .jsonl, .parquet): every input row in input order, plus `probability`, `label`
 and `error`. A row that cannot be scored (bad CSV row, invalid JSON, missing/non-string/empty text,
-text over signature.max_chars, a null byte: the checks the HTTP endpoint makes) keeps empty
-probability and label, and says why, with its line number, in `error` and on stderr; it is never dropped.
+text over signature.max_chars, a null byte, a lone surrogate: the checks the HTTP endpoint makes) keeps
+empty probability and label, and says why, with its line number, in `error` and on stderr; it is never
+dropped. A lone surrogate (JSON's "\\ud800") is written as its backslash escape (UNENCODABLE below).
 The output is written to a temporary file in the same folder and renamed into place at the end, so
 OUT is either the complete result or what it was before. The whole file is held in memory: files
 that don't fit go to spark_predict.py, which runs `score_frame` below on each Arrow batch.
@@ -18,6 +19,9 @@ that don't fit go to spark_predict.py, which runs `score_frame` below on each Ar
 largest contributions towards each label, as lists of {"word", "contribution"} (JSON text in a CSV),
 from the explanations the endpoint serves (explain.py; with --endpoint, its /explanations/ twin).
 v1 explains ~1,000 rows a second; v2 (Integrated Gradients) takes 0.1-4 s a row.
+
+`--endpoint` asks the server which version it serves (one probe request), then scores with that
+version's signature and limits, from build/v<N>/export or --artifact (refused if it is another version).
 """
 
 import argparse
@@ -42,13 +46,21 @@ from tqdm import tqdm
 
 from model_def import predict_proba
 from payload import BadRequest, check_text, labelled
-from signature import Signature, load_encoder
+from signature import SIGNATURE_FILE, Signature, load_encoder
 
-DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "build" / "v1" / "export"
+BUILD = Path(__file__).resolve().parent / "build"
+DEFAULT_ARTIFACT = BUILD / "v1" / "export"  # local scoring; --endpoint: the served version's build/v<N>/export
 OUTPUT_COLUMNS = ("probability", "label", "error")
 EXPLANATION_COLUMNS = ("positive_words", "negative_words")  # with --explain K
 BATCH_SIZE = 4096  # texts per scoring call (and progress step); model_def.predict_proba splits them per model
 ERRORS_SHOWN = 100  # bad rows listed on stderr; all of them are marked in the output
+PROBE = "Which model version answers?"  # --endpoint's first request: the served version decides the signature
+RETRIES, RETRY_SECONDS = 5, 0.5  # --endpoint: a 503 ("retry") is retried after 0.5, 1, 2, 4, 8 s
+# A lone UTF-16 surrogate (what json.loads makes of "\ud800") is no Unicode character: UTF-8 cannot
+# hold it. Its row is marked (payload.check_text: lone_surrogate), and every output writes it as its
+# backslash escape: in JSONL that is JSON's own escape (the text reads back as it came in), in CSV and
+# Parquet the six characters `\ud800`. The row's other columns are kept as they are.
+UNENCODABLE = "backslashreplace"
 
 log = logging.getLogger("batch_predict")
 
@@ -82,21 +94,46 @@ def load_core(artifact: str) -> Core:
 
 
 class Endpoint:
-    """A running TorchServe as `texts -> probabilities`: {"texts": [...]} requests of signature.max_texts, in parallel."""
+    """A running TorchServe as `texts -> probabilities`: {"texts": [...]} requests, in parallel, within the
+    limits of the version it serves. Which version that is, the server says: the first request (PROBE)
+    reads it from the answer, and its signature (labels, threshold, max_texts, max_chars, what an
+    explanation request may hold) is that version's own export, never another's. Every later answer
+    must come from the same version (a default version switched mid-run stops the run)."""
 
-    def __init__(self, url: str, signature: Signature, workers: int = 4, timeout: float = 60.0):
-        self.url, self.signature, self.workers, self.timeout = url, signature, workers, timeout
+    def __init__(self, url: str, artifact: Path | None = None, workers: int = 4, timeout: float = 60.0):
+        self.url, self.workers, self.timeout = url, workers, timeout
         self.local = threading.local()  # one HTTP session (kept-alive connection) per thread
+        self.signature = served_signature(url, str(self.request(url, [PROBE]).get("model_version")), artifact)
 
-    def post(self, texts: list[str]) -> list[float]:
+    def session(self):
         if not hasattr(self.local, "session"):
             import requests  # only this mode needs it
 
             self.local.session = requests.Session()
-        response = self.local.session.post(self.url, json={"texts": texts}, timeout=self.timeout)
+        return self.local.session
+
+    def request(self, url: str, texts: list[str]):
+        """The answer's JSON. A 503 is the server's "retry" (its batch's time budget was spent): retried
+        with backoff; any other error stops the run with the server's message."""
+        for attempt in range(RETRIES + 1):
+            response = self.session().post(url, json={"texts": texts}, timeout=self.timeout)
+            if response.status_code != 503 or attempt == RETRIES:
+                break
+            time.sleep(RETRY_SECONDS * 2**attempt)
         if response.status_code != 200:
-            raise RuntimeError(f"{self.url} answered {response.status_code}: {response.text[:500]}")
-        return [p["probability"] for p in response.json()["predictions"]]
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def check_version(self, answer: dict) -> None:
+        if str(answer.get("model_version")) != self.signature.version:
+            raise RuntimeError(f"{self.url} answered as model version {answer.get('model_version')}, but this run scores with "
+                               f"version {self.signature.version} (the default version changed?): name the version in the URL, "
+                               f"e.g. .../predictions/<model>/{self.signature.version}")
+
+    def post(self, texts: list[str]) -> list[float]:
+        answer = self.request(self.url, texts)
+        self.check_version(answer)
+        return [p["probability"] for p in answer["predictions"]]
 
     def __call__(self, texts: list[str]) -> list[float]:
         size = self.signature.max_texts
@@ -105,16 +142,13 @@ class Endpoint:
             return [p for chunk in pool.map(self.post, chunks) for p in chunk]
 
     def post_explain(self, texts: list[str]) -> list[list[dict]]:
-        if not hasattr(self.local, "session"):
-            self.post([texts[0]])  # opens the session (one cheap prediction)
-        url = self.url.replace("/predictions/", "/explanations/", 1)
-        response = self.local.session.post(url, json={"texts": texts}, timeout=self.timeout)
-        if response.status_code != 200:
-            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
-        return [answer["tokens"] for answer in response.json()]
+        answers = self.request(self.url.replace("/predictions/", "/explanations/", 1), texts)
+        for answer in answers:
+            self.check_version(answer)
+        return [answer["tokens"] for answer in answers]
 
     def explain(self, texts: list[str]) -> list[list[dict]]:
-        """The server's explanations, in requests of as many texts as it explains at once (explain.max_texts)."""
+        """The server's explanations, in requests of as many texts as the served version explains at once (explain.max_texts)."""
         from explain import max_texts
 
         if "/predictions/" not in self.url:
@@ -123,6 +157,20 @@ class Endpoint:
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         with ThreadPoolExecutor(self.workers) as pool:
             return [tokens for chunk in pool.map(self.post_explain, chunks) for tokens in chunk]
+
+
+def served_signature(url: str, version: str, artifact: Path | None = None) -> Signature:
+    """The signature of `version`, the one `url` serves: `artifact`'s if it is that version (refused if
+    not), by default build/v<version>/export's."""
+    folder = Path(artifact) if artifact else BUILD / f"v{version}" / "export"
+    if not (folder / SIGNATURE_FILE).exists():
+        raise SystemExit(f"{url} serves model version {version}, but {folder} has no {SIGNATURE_FILE}: "
+                         f"pass --artifact with version {version}'s export folder")
+    signature = Signature.load(folder)
+    if signature.version != version:
+        raise SystemExit(f"{url} serves model version {version}, but {folder} is version {signature.version}: pass --artifact "
+                         f"with version {version}'s export folder, or ask for version {signature.version} (.../predictions/<model>/{signature.version})")
+    return signature
 
 
 def row_error(value, column: str, signature: Signature) -> str | None:
@@ -218,12 +266,14 @@ def write_csv(frame: pd.DataFrame, path: str) -> None:
     for name in EXPLANATION_COLUMNS:  # lists of {"word", "contribution"}: as JSON text, not Python's repr
         if name in frame.columns:
             frame[name] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in frame[name]]
-    frame.to_csv(path, index=False)
+    frame.to_csv(path, index=False, errors=UNENCODABLE)
 
 
 def write_jsonl(frame: pd.DataFrame, path: str) -> None:
-    """json, not DataFrame.to_json: full float precision and values as they came in (ints stay ints)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """json, not DataFrame.to_json: full float precision and values as they came in (ints stay ints).
+    A lone surrogate can only be inside a JSON string, where its backslash escape is JSON's own: the
+    line reads back as the very string that came in."""
+    with open(path, "w", encoding="utf-8", errors=UNENCODABLE) as f:
         for record in frame.to_dict("records"):
             record = {k: None if is_missing(v) else v for k, v in record.items()}
             f.write(json.dumps(record, ensure_ascii=False, default=plain) + "\n")
@@ -232,12 +282,21 @@ def write_jsonl(frame: pd.DataFrame, path: str) -> None:
 def write_parquet(frame: pd.DataFrame, path: str) -> None:
     columns = {}
     for name in frame.columns:
+        values = [utf8(v) for v in frame[name]] if frame[name].dtype == object else frame[name]
         try:
-            columns[name] = pa.array(frame[name], from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types (a JSON field that is a number in one row, text in another)
-            columns[name] = pa.array([None if is_missing(v) else v if isinstance(v, str) else json.dumps(v, default=plain)
-                                      for v in frame[name]], pa.string())
+            columns[utf8(name)] = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
+            # mixed types (a JSON field that is a number in one row, text in another), or a lone surrogate
+            # inside a JSON object or list: as JSON text (ASCII, surrogates escaped)
+            columns[utf8(name)] = pa.array([None if is_missing(v) else v if isinstance(v, str) else json.dumps(v, default=plain)
+                                            for v in values], pa.string())
     pq.write_table(pa.table(columns), path)
+
+
+def utf8(value):
+    """A string as UTF-8 can hold it: a lone surrogate (JSON input's "\\ud800") as its escape, the six
+    characters `\\ud800`, as in CSV output. Anything else as it is."""
+    return value.encode("utf-8", UNENCODABLE).decode("utf-8") if isinstance(value, str) else value
 
 
 def is_missing(value) -> bool:
@@ -272,18 +331,15 @@ def format_of(path: Path, table: dict) -> str:
     return suffix
 
 
-def run(source: Path, target: Path, column: str = "text", artifact: Path = DEFAULT_ARTIFACT,
+def run(source: Path, target: Path, column: str = "text", artifact: Path | None = None,
         batch_size: int = BATCH_SIZE, endpoint: str | None = None, workers: int = 4, explain: int = 0) -> dict:
-    """Score `source` into `target` (with `explain` > 0, the top words each way too); returns the summary."""
+    """Score `source` into `target` (with `explain` > 0, the top words each way too); returns the summary.
+    `artifact` is the export folder: by default build/v1/export, or with `endpoint` the served version's."""
     source, target = Path(source), Path(target)
     read, _ = READERS[format_of(source, READERS)], format_of(target, WRITERS)
     started = time.perf_counter()
-    if endpoint:
-        signature = Signature.load(artifact)  # limits and labels; the model is the server's
-        score = Endpoint(endpoint, signature, workers)
-    else:
-        score = load_core(str(artifact))
-        signature = score.signature
+    score = Endpoint(endpoint, artifact, workers) if endpoint else load_core(str(artifact or DEFAULT_ARTIFACT))
+    signature = score.signature
 
     frame, where, errors = read(source)
     clash = [name for name in OUTPUT_COLUMNS + (EXPLANATION_COLUMNS if explain else ()) if name in frame.columns]
@@ -326,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("input", type=Path, help=".csv, .jsonl/.ndjson or .parquet")
     parser.add_argument("output", type=Path, help=".csv, .jsonl/.ndjson or .parquet (written atomically)")
     parser.add_argument("--column", default="text", help="the text column / JSON field (default: text)")
-    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="export folder (default: build/v1/export)")
+    parser.add_argument("--artifact", type=Path, help="export folder (default: build/v1/export; with --endpoint, "
+                        "build/v<N>/export of the version N the server answers with, which --artifact must be)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="texts per forward pass")
     parser.add_argument("--endpoint", help="score on a running TorchServe instead, e.g. http://127.0.0.1:8080/predictions/sentiment")
     parser.add_argument("--workers", type=int, default=4, help="parallel requests in --endpoint mode")

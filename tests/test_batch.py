@@ -1,15 +1,21 @@
-"""batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training."""
+"""batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training,
+and --endpoint scoring with the served version's signature and limits."""
 
 import json
 import math
 
 import pandas as pd
 import pytest
+import requests
 import torch
 
 import batch_predict
-from batch_predict import run, score_frame
+import explain
+import quick_v2
+from batch_predict import Endpoint, run, score_frame
+from local_server import LocalTorchServe
 from payload import Parsed, response_body
+from signature import Signature
 from train import load_dataset, predict_proba
 
 GOOD = ["a gorgeous, moving film with a wonderful cast", "dull and far too long", "the best thing i have seen this year"]
@@ -188,3 +194,120 @@ def test_endpoint_mode_matches_the_local_core(export_dir, server, tmp_path):
     assert summary["scored"] == 150 and summary["skipped_bad_rows"] == 1
     assert (a["probability"] - b["probability"]).abs().max() <= 5e-7  # the server rounds to 6 decimals
     assert a["error"].fillna("").tolist() == b["error"].fillna("").tolist()
+
+
+# --- lone surrogates: marked, and every output format still written ------------------------------------
+
+SURROGATES = (  # JSON escapes: json.loads makes a lone surrogate of each unpaired one
+    '{"id": 1, "text": "fine \\ud800 film", "source": "x"}\n'
+    '{"id": 2, "text": "a good film", "source": "caf\\udfff", "meta": {"note": "\\ud83d"}}\n'
+    '{"id": 3, "text": "\\ud83d\\ude00 a pair is one character, fine", "source": "z"}\n'
+    '{"id": 4, "text": "a lone low one at the end \\udc00", "source": "w"}\n'
+)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_lone_surrogates_are_marked_and_every_format_is_written(export_dir, tmp_path, capsys, fmt):
+    """Regression: a lone surrogate passed the checks and crashed the writer (UTF-8 cannot hold it), so the
+    whole file was lost. Its row is marked lone_surrogate, the row's columns kept; a surrogate in another
+    column of a good row is kept too. Unencodable text is written as its backslash escape: JSON's own in
+    JSONL (read back, it is the input string), the six characters `\\ud800` in CSV and Parquet."""
+    source, target = tmp_path / "in.jsonl", tmp_path / f"out.{fmt}"
+    source.write_text(SURROGATES)
+    summary = batch_predict.main([str(source), str(target), "--artifact", str(export_dir)])
+    assert "rows 4  scored 2  skipped bad rows 2" in capsys.readouterr().out
+    assert (summary["rows"], summary["scored"]) == (4, 2)
+
+    if fmt == "parquet":
+        rows = pd.read_parquet(target).to_dict("records")
+    else:
+        text = target.read_bytes().decode("utf-8")  # valid UTF-8
+        rows = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else \
+            pd.read_csv(target, dtype=str, keep_default_na=False).to_dict("records")
+    escaped = fmt != "jsonl"
+    assert [str(r["id"]) for r in rows] == ["1", "2", "3", "4"]
+    assert [r["source"] for r in rows] == ["x", "caf\\udfff" if escaped else "caf\udfff", "z", "w"]
+    assert rows[0]["text"] == ("fine \\ud800 film" if escaped else "fine \ud800 film")
+    assert rows[3]["text"].endswith("\\udc00" if escaped else "\udc00")
+    assert [str(r["error"])[:23] for r in (rows[0], rows[3])] == ["line 1: lone_surrogate:", "line 4: lone_surrogate:"]
+    for good in (rows[1], rows[2]):
+        assert 0 <= float(good["probability"]) <= 1 and good["label"] in ("positive", "negative")
+    if fmt == "jsonl":
+        assert rows[1]["meta"] == {"note": "\ud83d"}  # JSON's escape: read back exactly as it came in
+
+
+# --- --endpoint: the served version's signature and limits ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def v2_default():
+    """v1 and the quick v2 (tests/quick_v2.py) on one TorchServe, v2 the default version (as `make serve VERSION=2`)."""
+    with LocalTorchServe(quick_v2.build(), models="sentiment.mar,sentiment_v2.mar") as ts:
+        ts.admin.set_default("2")
+        yield ts
+
+
+def write_texts(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_endpoint_refuses_a_local_signature_of_another_version(v2_default, export_dir, tmp_path):
+    """Regression: against a server serving v2, --endpoint labelled v2's probabilities with the local v1
+    signature and sent v1's request sizes. Now the server's answer names the version, and another
+    version's --artifact is refused, naming both."""
+    source, target = write_texts(tmp_path / "in.jsonl", ["a fine film"]), tmp_path / "out.csv"
+    url = f"{v2_default.inference}/predictions/sentiment"
+    with pytest.raises(SystemExit, match=rf"{url} serves model version 2, but {export_dir} is version 1"):
+        batch_predict.main([str(source), str(target), "--endpoint", url, "--artifact", str(export_dir)])
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("version", ["2", "1"])
+def test_endpoint_scores_with_the_served_versions_signature_and_limits(v2_default, export_dir, tmp_path, monkeypatch, version):
+    """Without --artifact, the signature is build/v<served version>/export's: v2 (the default) gets v2's
+    request sizes, for predictions (max_texts) and explanations (explain.max_texts, fewer), and the same
+    answers as scoring locally with v2's export; a URL naming version 1 gets v1's."""
+    build = tmp_path / "build"
+    (build / "v2").mkdir(parents=True)
+    (build / "v2" / "export").symlink_to(quick_v2.EXPORT)
+    (build / "v1").mkdir()
+    (build / "v1" / "export").symlink_to(export_dir)
+    monkeypatch.setattr(batch_predict, "BUILD", build)
+    sent = []  # (url, texts) of every request on the wire
+    post = requests.Session.post
+    monkeypatch.setattr(requests.Session, "post", lambda self, url, json, **kw: sent.append((url, len(json["texts"]))) or post(self, url, json=json, **kw))
+
+    artifact = quick_v2.EXPORT if version == "2" else export_dir
+    signature = Signature.load(artifact)
+    url = f"{v2_default.inference}/predictions/sentiment" + ("" if version == "2" else "/1")
+    texts = load_dataset()[0][: signature.max_texts + 3]
+    source = write_texts(tmp_path / "in.jsonl", texts + [""])
+    batch_predict.main([str(source), str(tmp_path / "remote.parquet"), "--endpoint", url])
+    run(source, tmp_path / "local.parquet", artifact=artifact)
+    remote, local = pd.read_parquet(tmp_path / "remote.parquet"), pd.read_parquet(tmp_path / "local.parquet")
+    assert (remote["probability"] - local["probability"]).abs().max() <= 5e-7  # the server rounds to 6 decimals
+    assert remote["label"].tolist() == local["label"].tolist()
+    assert remote["error"].fillna("").tolist() == local["error"].fillna("").tolist()
+    predictions = [n for u, n in sent if "/predictions/" in u]
+    assert max(predictions) == signature.max_texts and sum(predictions) >= len(texts)  # requests of the served version's size
+
+    sent.clear()
+    few = texts[:3]
+    source = write_texts(tmp_path / "few.jsonl", few)
+    batch_predict.main([str(source), str(tmp_path / "explained.jsonl"), "--endpoint", url, "--explain", "2"])
+    explained = [json.loads(line) for line in (tmp_path / "explained.jsonl").read_text().splitlines()]
+    assert all(row["error"] is None and row["positive_words"] is not None for row in explained)
+    size = explain.max_texts(signature)  # v2: 2, v1: max_texts
+    assert sorted(n for u, n in sent if "/explanations/" in u) == sorted(len(few[i : i + size]) for i in range(0, len(few), size))
+
+def test_endpoint_stops_when_the_served_version_changes_mid_run(v2_default):
+    """Answers from another version than the one the run began with (a default version switched while
+    scoring) stop the run instead of being labelled with the wrong signature."""
+    endpoint = Endpoint(f"{v2_default.inference}/predictions/sentiment", quick_v2.EXPORT, workers=1)
+    assert endpoint.signature.version == "2" and len(endpoint(["a fine film"])) == 1
+    v2_default.admin.set_default("1")
+    try:
+        with pytest.raises(RuntimeError, match="answered as model version 1, but this run scores with version 2"):
+            endpoint(["a fine film"])
+    finally:
+        v2_default.admin.set_default("2")
