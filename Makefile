@@ -6,7 +6,7 @@ BIN        := $(VENV)/bin
 MODEL_NAME := sentiment
 VERSION    ?= 1
 SEED       ?= $(VERSION)
-# v1 is the NBSVM (train.py, seconds); v2 the fine-tuned transformer (train_transformer.py, ~10 minutes).
+# v1 is the NBSVM (train.py, seconds); v2 the fine-tuned transformer (train_transformer.py, ~25 minutes on 2 busy cores).
 TRANSFORMER := $(filter-out 1,$(VERSION))
 TRAINER    := $(if $(TRANSFORMER),train_transformer.py,train.py)
 TRAIN_ARGS ?=
@@ -23,7 +23,11 @@ MANAGEMENT := http://127.0.0.1:8081
 METRICS    := http://127.0.0.1:8082
 PROMETHEUS := http://127.0.0.1:9090
 PROM_HOME  := logs/prometheus
-REFERENCE_EXPORTS ?= build/v1/export  # versions whose reference distribution the drift rules hold
+REFERENCE_EXPORTS ?= build/v1/export  # versions whose reference distribution the committed drift rules hold (make rules)
+# TS_FRONTEND is in the command line of TorchServe's frontend (torchserve --stop checks it too);
+# `make stop` waits STOP_WAIT seconds for each server to exit.
+TS_FRONTEND := org.pytorch.serve.ModelServer
+STOP_WAIT  ?= 20
 WINDOW     ?= 30m
 N          ?= 2
 MINUTES    ?= 5
@@ -57,7 +61,7 @@ $(PRETRAINED)/model.safetensors: pretrained.py | $(VENV)/.installed
 $(BUILD)/checkpoint.pt: $(if $(TRANSFORMER),,$(TRAINER) text.py model_def.py) | $(VENV)/.installed $(if $(TRANSFORMER),$(PRETRAINED)/model.safetensors)
 	$(PY) $(TRAINER) --out $(BUILD) --seed $(SEED) $(TRAIN_ARGS)
 
-train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~30 s), VERSION=2 the transformer (~10 min)
+train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~30 s), VERSION=2 the transformer (~25 min)
 
 $(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signature.py text.py drift.py
 	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME)
@@ -90,16 +94,17 @@ serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answ
 			echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME) (default version $(VERSION))"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
 
-stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`) and wait until they have exited
-	@pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
-	alive() { s=$$(ps -p $$1 -o comm=,stat= 2>/dev/null); case "$$s" in prometheus*Z*|"") return 1;; prometheus*) return 0;; *) return 1;; esac; }; \
-	if [ -n "$$pid" ] && alive $$pid; then kill $$pid; \
-		for i in $$(seq 150); do alive $$pid || break; sleep 0.2; done; \
-		if alive $$pid; then kill -9 $$pid; fi; echo "Prometheus stopped"; fi; \
-	rm -f $(PROM_HOME)/prometheus.pid
-	@pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
+# alive PID MARK: PID runs (not a zombie) with MARK in its command line; gone PID MARK: waits STOP_WAIT s for it to end.
+stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`); fails if TorchServe has not exited after STOP_WAIT (20) s
+	@alive() { s=$$(ps -p $$1 -o stat=,args= 2>/dev/null); case "$$s" in Z*|"") return 1;; *"$$2"*) return 0;; *) return 1;; esac; }; \
+	gone() { for i in $$(seq $$(( $(STOP_WAIT) * 5 ))); do alive $$1 "$$2" || return 0; sleep 0.2; done; ! alive $$1 "$$2"; }; \
+	pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
+	if [ -n "$$pid" ] && alive $$pid prometheus; then kill $$pid; gone $$pid prometheus || kill -9 $$pid; echo "Prometheus stopped"; fi; \
+	rm -f $(PROM_HOME)/prometheus.pid; \
+	pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
 	$(BIN)/torchserve --stop; \
-	for i in $$(seq 100); do [ -n "$$pid" ] && kill -0 $$pid 2>/dev/null || exit 0; sleep 0.2; done
+	if [ -n "$$pid" ] && ! gone $$pid $(TS_FRONTEND); then \
+		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see logs/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
 	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
@@ -143,17 +148,22 @@ prometheus: ## install Debian's prometheus package (prometheus, promtool) if mis
 		if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; }
 	@# (the package enables a system service on every interface; this project runs its own, on 127.0.0.1)
 
-rules: install-dev $(REFERENCE_EXPORTS:%=%/signature.json) ## regenerate deploy/prometheus/rules/{reference,drift}.rules.yml + tests from the signatures (REFERENCE_EXPORTS="build/v1/export build/v2/export")
+rules: install-dev $(REFERENCE_EXPORTS:%=%/signature.json) ## regenerate the committed deploy/prometheus/rules/ + tests: v1's reference (REFERENCE_EXPORTS=...), latency thresholds from bench/results/
 	$(PY) deploy/prometheus/generate_rules.py $(foreach e,$(REFERENCE_EXPORTS),--export $(e))
 
-monitor: prometheus rules ## start Prometheus on 127.0.0.1:9090 (data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift and health rules
+# The rules of `make monitor` follow the versions the server serves (read through its management API,
+# each reference from the archive it registered); they and their config go under $(PROM_HOME), never
+# over the committed files. Run it again after registering a version or a set-default: it reloads.
+monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:9090 (data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift, latency and health rules of the versions it serves (make serve first)
 	@mkdir -p $(PROM_HOME)
+	@$(PY) deploy/prometheus/generate_rules.py --server $(MANAGEMENT) --model-store $(STORE) --rules-out $(PROM_HOME)/rules \
+		--tests-out '' --config-out $(PROM_HOME)/prometheus.yml --scrape $(METRICS:http://%=%) >/dev/null
+	@promtool check config $(PROM_HOME)/prometheus.yml >/dev/null || exit 1
 	@pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
 	if [ -n "$$pid" ] && ps -p $$pid -o comm= 2>/dev/null | grep -q prometheus; then \
 		kill -HUP $$pid; echo "Prometheus is already running (pid $$pid): reloaded its config and rules. $(PROMETHEUS)/alerts"; exit 0; fi; \
 	if curl -s --max-time 1 -o /dev/null $(PROMETHEUS); then echo "something else already listens on $(PROMETHEUS)"; exit 1; fi; \
-	promtool check config deploy/prometheus/prometheus.yml >/dev/null || exit 1; \
-	nohup prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=$(PROM_HOME)/data \
+	nohup prometheus --config.file=$(PROM_HOME)/prometheus.yml --storage.tsdb.path=$(PROM_HOME)/data \
 		--web.listen-address=$(PROMETHEUS:http://%=%) > $(PROM_HOME)/prometheus.log 2>&1 & echo $$! > $(PROM_HOME)/prometheus.pid; \
 	for i in $$(seq 60); do \
 		curl -sf --max-time 1 -o /dev/null $(PROMETHEUS)/-/ready && { echo "Prometheus is ready: $(PROMETHEUS) (alerts: $(PROMETHEUS)/alerts); make drift-report"; exit 0; }; \

@@ -169,7 +169,7 @@ def print_report(prometheus: str, window: str, at: float, collected: dict, rows:
               + (f"; refused or failed: {errors}" if errors else ""))
         if "stats" not in row:
             print("  no reference distribution for this version (no signature with one under --export): "
-                  "re-export it, then `make rules` so the alerts cover it too")
+                  "re-export it, then `make monitor` so the alerts cover it too")
             continue
         stats, reference = row["stats"], row["reference"]
         n = entry["predictions"] or math.nan

@@ -9,11 +9,12 @@ from signature import Signature
 
 class PredictionMetrics:
     """Custom metrics for continued evaluation, exposed by TorchServe on /metrics (Prometheus):
-    predictions by label, the probability and input-length distributions, errors by kind."""
+    predictions by label, the probability and input-length distributions, errors by kind and status."""
 
     def __init__(self, metrics):
         self.predictions = metrics.add_metric_to_cache("SentimentPredictions", "count", ["ModelName", "ModelVersion", "Label"], MetricTypes.COUNTER)
-        self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "ModelVersion", "Kind"], MetricTypes.COUNTER)
+        # Status (the HTTP status answered) tells refused input (400) from the server's own failures (500, 503) whatever the kind.
+        self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "ModelVersion", "Kind", "Status"], MetricTypes.COUNTER)
         self.probability = metrics.add_metric_to_cache("SentimentProbability", "probability", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
         # In thousands of characters: TorchServe's fixed Prometheus buckets (0.005 ... 10) then span 5 to 10,000 characters.
         self.input_kchars = metrics.add_metric_to_cache("SentimentInputKiloChars", "kilocharacters", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
@@ -23,7 +24,7 @@ class PredictionMetrics:
         labels = {label: 0 for label in signature.labels}
         for request in parsed:
             if request.error is not None:
-                self.errors.add_or_update(1, [*model, request.error.kind])
+                self.errors.add_or_update(1, [*model, request.error.kind, str(request.error.status)])
                 continue
             for text, probability, label in zip(request.texts, request.probabilities, request.labels):
                 labels[label] += 1

@@ -1,6 +1,6 @@
 """Fine-tune v2, the transformer, on rt-polarity and write a checkpoint, its tokenizer and its metrics.
 
-    python train_transformer.py --out build/v2            # `make train VERSION=2`: ~10 min on 2 CPU cores
+    python train_transformer.py --out build/v2            # `make train VERSION=2`: ~25 min on 2 busy CPU cores (1,581 s: bench/results/models.json)
     python train_transformer.py --out /tmp/v2 --max-steps 40 --eval-size 200   # a quick build for tests
 
 Same data, same split (train.split, fixed SPLIT_SEED) and same test set as v1, so the numbers

@@ -14,14 +14,17 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import yaml
 
 import drift
 import drift_report
+import quick_v2
 import train
 from local_server import ROOT, LocalTorchServe, free_port
 
@@ -78,17 +81,17 @@ def test_compare_gives_a_verdict_only_with_enough_traffic(signature):
 def test_promtool_unit_tests_pass():
     """Every rule file's unit tests: each alert fires on drifted or failing series, stays silent on normal ones and across a restart."""
     tests = sorted(str(p) for p in (PROMETHEUS_DIR / "tests").glob("*.test.yml"))
-    assert {Path(t).name for t in tests} == {"drift.test.yml", "health.test.yml"}
+    assert {Path(t).name for t in tests} == {"drift.test.yml", "health.test.yml", "latency.test.yml"}
     run = subprocess.run([tool("promtool"), "test", "rules", *tests], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("SUCCESS") == 2, run.stdout
+    assert run.stdout.count("SUCCESS") == 3, run.stdout
 
 
 def test_prometheus_config_and_rules_are_valid():
     run = subprocess.run([tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "3 rule files found" in run.stdout
+    assert "4 rule files found" in run.stdout
 
 
 def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
@@ -121,11 +124,59 @@ def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
     def load(path):
         return yaml.safe_load(path.read_text())
 
-    assert load(PROMETHEUS_DIR / "rules" / "drift.rules.yml") == load(tmp_path / "rules" / "drift.rules.yml"), \
-        "deploy/prometheus/rules/drift.rules.yml differs from what generate_rules.py writes: `make rules`"
+    for generated in ("rules/drift.rules.yml", "rules/latency.rules.yml", "tests/latency.test.yml"):
+        assert load(PROMETHEUS_DIR / generated) == load(tmp_path / generated), \
+            f"deploy/prometheus/{generated} differs from what generate_rules.py writes: `make rules`"
     run = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / "drift.test.yml")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_make_monitor_follows_the_served_versions_and_leaves_the_tree_clean(tmp_path):
+    """`make monitor` against a TorchServe serving v1 and the quick v2, v2 the default (as `make serve
+    VERSION=2`), with a private Prometheus: its rules hold both references (each the served archive's) and
+    each version's latency threshold, "default" judged by v2's; the committed rules are not rewritten and
+    what it writes by default is ignored by git. Run again, it reloads."""
+    store = quick_v2.build()
+    committed = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in PROMETHEUS_DIR.rglob("*.yml")}
+    home, url = tmp_path / "prometheus", f"http://127.0.0.1:{free_port()}"
+    with LocalTorchServe(store, models="sentiment.mar,sentiment_v2.mar") as ts:
+        ts.admin.set_default("2")
+        monitor = ["make", "-s", "monitor", f"MANAGEMENT={ts.management}", f"METRICS={ts.metrics}", f"PROMETHEUS={url}",
+                   f"PROM_HOME={home}", f"STORE={store}"]
+        try:
+            run = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stdout + run.stderr
+            rules = [rule for group in requests.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"] for rule in group["rules"]]
+            deadline = time.monotonic() + 20  # the scrape target is discovered a moment after ready
+            while not (targets := requests.get(url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            again = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        finally:
+            pid = int((home / "prometheus.pid").read_text())
+            prometheus = psutil.Process(pid)
+            assert prometheus.name() == "prometheus" and str(home) in " ".join(prometheus.cmdline())
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+    served = {}
+    for version, mar in (("1", "sentiment.mar"), ("2", "sentiment_v2.mar")):
+        with zipfile.ZipFile(store / mar) as archive:
+            served[version] = json.loads(archive.read("signature.json"))["reference"]["positive_rate"]
+    positive_rates = {rule["labels"]["ModelVersion"]: float(rule["query"].removeprefix("vector(").removesuffix(")"))
+                      for rule in rules if rule["name"] == "sentiment:reference_positive_rate"}
+    assert positive_rates == pytest.approx(served)
+    latency = {rule["labels"]["ModelVersion"]: rule for rule in rules if rule["name"] == "SentimentLatencyHigh"}
+    assert latency.keys() == {"1", "2", "default"}
+    assert latency["default"]["annotations"]["summary"].startswith("Sentiment default version (v2)")
+    assert latency["default"]["query"].split(" > ")[1] == latency["2"]["query"].split(" > ")[1]
+    assert [t["scrapeUrl"] for t in targets] == [ts.metrics + "/metrics"]
+    assert again.returncode == 0 and "reloaded its config and rules" in again.stdout, again.stdout + again.stderr
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in PROMETHEUS_DIR.rglob("*.yml")} == committed
+    default_home = subprocess.run(["make", "-s", "--eval", "print-home: ; @echo $(PROM_HOME)", "print-home"], cwd=ROOT,
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    for written in ("prometheus.yml", "rules/reference.rules.yml", "rules/drift.rules.yml", "rules/latency.rules.yml"):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{default_home}/{written}"], cwd=ROOT).returncode == 0, written
 
 
 # --- drift_report without Prometheus ---------------------------------------------------------------------
