@@ -33,9 +33,9 @@ def test_prediction_metrics_count_exactly_what_was_served(server, signature, scr
     watched = {
         "positive": lambda s: s.value("SentimentPredictions", **model, Label="positive"),
         "negative": lambda s: s.value("SentimentPredictions", **model, Label="negative"),
-        "wrong_type": lambda s: s.value("SentimentRequestErrors", **model, Kind="wrong_type"),
-        "missing_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="missing_text"),
-        "empty_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="empty_text"),
+        "wrong_type": lambda s: s.value("SentimentRequestErrors", **model, Kind="wrong_type", Status="400"),
+        "missing_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="missing_text", Status="400"),
+        "empty_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="empty_text", Status="400"),
         "probability_count": lambda s: s.value("SentimentProbability", "_count", **model),
         "probability_sum": lambda s: s.value("SentimentProbability", "_sum", **model),
         "kchars_count": lambda s: s.value("SentimentInputKiloChars", "_count", **model),
