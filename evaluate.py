@@ -3,6 +3,7 @@
     python evaluate.py                                   # held-out test split, default version
     python evaluate.py --version 2 --out build/v2/served-evaluation.json
     python evaluate.py --data reviews.csv --url http://127.0.0.1:8080
+    python evaluate.py --version 3 --data fresh.csv --held-out   # only the fresh labels v3's training held out
 
 The labelled set is a CSV file (header with `text` and `label` columns) or a JSONL file (one
 object with `text` and `label` a line); labels are 1/0 or the signature's label names. Without
@@ -12,6 +13,10 @@ build/v<version>/export/signature.json) gives the label names and the request li
 to POST <url>/predictions/<model>[/<version>] as {"texts": [...]} in chunks of at most its
 max_texts, and every answer must come from that version. The served labels give the accuracy, the
 served probabilities the ROC AUC. Prints the result as JSON (and writes it to --out).
+
+`--held-out` keeps only the rows of --data that training with `--fresh` (train.py, train_transformer.py)
+holds out by a hash of the text: a version retrained on fresh labels is scored, and compared with
+the one it would replace, on labels it never trained on.
 
 `accuracy` and `roc_auc` are rounded to 4 places as in train.py's metrics.json, so the two can be
 compared directly: the served model should score exactly what training reported.
@@ -74,6 +79,16 @@ def held_out_test_split() -> tuple[list[str], list[int]]:
     return [texts[i] for i in test], [labels[i] for i in test]
 
 
+def held_out_rows(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    """The rows that training with --fresh holds out (train.is_held_out: the same rows for every version)."""
+    from train import is_held_out  # imports torch; only needed with --held-out
+
+    kept = [i for i, text in enumerate(texts) if is_held_out(text)]
+    if not kept:
+        raise ValueError(f"none of the {len(texts)} rows is in the held-out share")
+    return [texts[i] for i in kept], [labels[i] for i in kept]
+
+
 def predict_served(texts: list[str], chunk: int, url: str = DEFAULT_URL, model: str = MODEL_NAME, version: str | None = None,
                    timeout: float = 30) -> tuple[list[dict], set[str]]:
     """The served predictions ({"label", "probability"}) for every text, in order, and the model
@@ -125,19 +140,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--version", help="a registered model version (default: the model's default version)")
     parser.add_argument("--artifact", type=Path, help="the served version's export folder, for its signature "
                         "(default: build/v<version, or 1>/export)")
+    parser.add_argument("--held-out", action="store_true", help="with --data: only its rows that training with "
+                        "--fresh holds out (train.is_held_out)")
     parser.add_argument("--chunk", type=int, help="texts per request (default and at most: the signature's max_texts)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--out", type=Path, help="also write the result JSON here")
     args = parser.parse_args(argv)
+    if args.held_out and not args.data:
+        parser.error("--held-out needs --data (the held-out test split is held out already)")
 
     signature = Signature.load(args.artifact or ROOT / "build" / f"v{args.version or 1}" / "export")
     if args.data:
         texts, labels = load_labelled(args.data, signature.labels, args.text_column, args.label_column)
+        if args.held_out:
+            texts, labels = held_out_rows(texts, labels)
     else:
         texts, labels = held_out_test_split()
     result = evaluate_served(texts, labels, signature, args.url, args.model, args.version, args.chunk)
-    result["data"] = str(args.data) if args.data else "held-out test split (train.split, SPLIT_SEED)"
+    result["data"] = (str(args.data) + (" (rows held out of training: train.is_held_out)" if args.held_out else "")
+                      if args.data else "held-out test split (train.split, SPLIT_SEED)")
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

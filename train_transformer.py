@@ -3,11 +3,11 @@
     python train_transformer.py --out build/v2            # `make train VERSION=2`: ~25 min on 2 busy CPU cores (1,581 s: bench/results/models.json)
     python train_transformer.py --out /tmp/v2 --max-steps 40 --eval-size 200   # a quick build for tests
 
-Same data, same split (train.split, fixed SPLIT_SEED) and same test set as v1, so the numbers
-compare. Starts from all-MiniLM-L6-v2 (pretrained.py fetches and verifies it), adds mean pooling
-and a linear head (model_def.TransformerClassifier), and fine-tunes everything with AdamW, a
-linear warm-up and decay. Validation accuracy is measured a few times an epoch; the best state
-is kept.
+Same data, same split (train.subsets: fixed SPLIT_SEED, fresh labels from --fresh held out by a hash
+of the text) and same test set as v1, so the numbers compare. Starts from all-MiniLM-L6-v2
+(pretrained.py fetches and verifies it), adds mean pooling and a linear head
+(model_def.TransformerClassifier), and fine-tunes everything with AdamW, a linear warm-up and decay.
+Validation accuracy is measured a few times an epoch; the best state is kept.
 """
 
 import argparse
@@ -28,7 +28,7 @@ import pretrained
 from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder
 from signature import TOKENIZER_FILE
 from text import WordPieceEncoder
-from train import DATA_DIR, SPLIT_SEED, evaluate, load_dataset, split
+from train import DATA_DIR, SPLIT_SEED, Fresh, evaluate, fresh_metrics, load_dataset, subsets
 
 MAX_LENGTH = 256  # tokens per text when served, [CLS] and [SEP] included; every rt-polarity snippet fits
 HEAD_TOKENS = 64  # of a longer review, the first 64 tokens and the last 190 (see text.WordPieceEncoder)
@@ -57,9 +57,9 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> l
 
 
 def train(texts: list[str], labels: list[int], encoder: WordPieceEncoder, weights: dict, seed: int, epochs: int,
-          max_steps: int | None = None, eval_size: int | None = None) -> tuple[TransformerClassifier, TransformerConfig, dict]:
-    parts = split(len(texts))
-    subset = {name: ([texts[i] for i in idx], [labels[i] for i in idx]) for name, idx in parts.items()}
+          max_steps: int | None = None, eval_size: int | None = None,
+          fresh: Fresh | None = None) -> tuple[TransformerClassifier, TransformerConfig, dict]:
+    subset = subsets(texts, labels, fresh)
     train_texts, train_labels = subset["train"]
     validation = tuple(part[:eval_size] for part in subset["validation"])
 
@@ -116,6 +116,7 @@ def train(texts: list[str], labels: list[int], encoder: WordPieceEncoder, weight
         "epochs": round(total / steps_per_epoch, 2),
         "seed": seed,
         "split_seed": SPLIT_SEED,
+        **fresh_metrics(fresh, subset, model, encoder),
     }
     return model, config, metrics
 
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (quick builds for tests)")
     parser.add_argument("--eval-size", type=int, help="score only the first N validation and test texts (quick builds)")
+    parser.add_argument("--fresh", type=Path, action="append", default=[], help="fresh labelled reviews, CSV or JSONL "
+                        "(text, label); repeatable. A hash of each text holds train.FRESH_HELD_OUT of them out of training")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(THREADS)
@@ -138,7 +141,7 @@ def main() -> None:
     encoder = WordPieceEncoder(args.pretrained / TOKENIZER_FILE, MAX_LENGTH, HEAD_TOKENS)
     texts, labels, md5 = load_dataset(args.data)
     model, config, metrics = train(texts, labels, encoder, load_file(str(weights_file)), args.seed, args.epochs,
-                                   args.max_steps, args.eval_size)
+                                   args.max_steps, args.eval_size, Fresh.load(args.fresh) if args.fresh else None)
     metrics.update(train_seconds=round(time.perf_counter() - started, 1), data_md5=md5, data_dir=str(args.data.resolve()),
                    pretrained={"package": pretrained.PACKAGE, "sha256": pretrained.FILES_SHA256})
 

@@ -1,18 +1,24 @@
-"""train.py: the data, the fixed split, deterministic training and a quick accuracy sanity check."""
+"""train.py: the data, the fixed split (fresh labels held out by construction), deterministic training and a
+quick accuracy sanity check."""
 
 import hashlib
 import json
 import random
 import re
+import subprocess
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
+import evaluate
+import pretrained
 import train
-from text import Encoder, Features, tokenize
+import train_transformer
+from text import Encoder, Features, WordPieceEncoder, tokenize
 
 README_MD5 = {
     "rt-polarity.pos": "674ca95d7fa6547818f1cb30daa7eafe",
@@ -241,3 +247,106 @@ def test_evaluate_scores_a_known_core():
     assert metrics == {"accuracy": 0.75, "roc_auc": 1.0, "size": 4}
     # a higher threshold calls the 0.5 one negative
     assert train.evaluate(core, ["good bad", "good good"], [0, 1], words, threshold=0.6)["accuracy"] == 1.0
+
+
+# --- fresh labels: held out by construction, the corpus split fixed whatever is added --------------------
+
+SPLIT_SHA256 = {  # json.dumps of train.split(10,662)'s index lists: the split every version so far was scored on
+    "test": "11da81bc0095b74ef7f0e8e9b93c60ae2484aadfb2131100556680957cd9c14f",
+    "validation": "7ccf0c61836128c849a0c3f670957ef922ce79f1912a916e6b3606bf79cd18cd",
+    "train": "6d1e833fb78176c5338ecca76920b7b3f876fd807567deccbdf446b1b5f99d7f",
+}
+
+
+def made_up_word(i: int) -> str:
+    """A word no review has (letters only, so it stays one token): q + i written in letters."""
+    return "qz" + "".join(chr(ord("a") + int(d)) for d in str(i))
+
+
+def fresh_reviews(n: int, start: int = 0) -> train.Fresh:
+    return train.Fresh([f"a {made_up_word(i)} film, {'loved' if i % 2 else 'hated'} it" for i in range(start, start + n)],
+                       [i % 2 for i in range(start, start + n)])
+
+
+def test_the_corpus_split_is_the_one_every_version_was_scored_on(dataset):
+    """train.split of the 10,662 snippets, and train.subsets without fresh data, are what they were when v1
+    (0.7908) and v2 were trained and scored: the same indices, in the same order."""
+    texts, labels, _ = dataset
+    parts = train.split(len(texts))
+    assert {name: hashlib.sha256(json.dumps(idx).encode()).hexdigest() for name, idx in parts.items()} == SPLIT_SHA256
+    assert train.subsets(texts, labels) == {**{name: ([texts[i] for i in idx], [labels[i] for i in idx])
+                                               for name, idx in parts.items()}, "fresh_test": ([], [])}
+
+
+def test_adding_fresh_data_never_changes_the_corpus_test_and_validation_sets(dataset):
+    """Regression: fresh labels went into the data folder, and split(n) of a new n reshuffled everything:
+    100 more rows put 561 of v1's 1,066 test snippets into training. Fresh rows now only add to training
+    (and to their own held-out set); the corpus's test and validation sets stay as they are."""
+    texts, labels, _ = dataset
+    before = train.subsets(texts, labels)
+    for fresh in (fresh_reviews(100), fresh_reviews(3000)):
+        after = train.subsets(texts, labels, fresh)
+        assert after["test"] == before["test"] and after["validation"] == before["validation"]
+        trained = len(after["train"][0]) - len(before["train"][0])
+        assert after["train"][0][: len(before["train"][0])] == before["train"][0]
+        assert trained + len(after["fresh_test"][0]) == len(fresh.texts)
+
+
+def test_no_fresh_held_out_text_is_in_the_training_set(dataset):
+    """The held-out share is decided by each text alone (its hash): about FRESH_HELD_OUT of the fresh rows,
+    the same rows whatever else is added and in whatever order, never in training; a fresh row that repeats
+    a held-out corpus snippet (up to case and spacing) is never trained on either."""
+    texts, labels, _ = dataset
+    fresh = fresh_reviews(2000)
+    corpus_test = train.subsets(texts, labels)["test"][0]
+    fresh.texts += [f"  {corpus_test[0].upper()} ", corpus_test[1]]
+    fresh.labels += [1, 0]
+    parts = train.subsets(texts, labels, fresh)
+    held_out, trained = set(parts["fresh_test"][0]), set(parts["train"][0])
+    assert not held_out & trained
+    assert abs(len(held_out) / len(fresh.texts) - train.FRESH_HELD_OUT) < 0.03  # 2,002 draws: 3.4 standard errors
+    assert fresh.texts[-2] not in trained and fresh.texts[-1] not in trained
+    # the same decision for each text with other fresh rows around it, in another order
+    more = fresh_reviews(500, start=1500)
+    more.texts, more.labels = more.texts[::-1], more.labels[::-1]
+    again = set(train.subsets(texts, labels, more)["fresh_test"][0])
+    assert again == {t for t in more.texts if t in held_out}
+    # and evaluate.py --held-out scores exactly these rows
+    assert evaluate.held_out_rows(fresh.texts[:2000], fresh.labels[:2000]) == tuple(
+        [part[i] for i, t in enumerate(fresh.texts[:2000]) if t in held_out] for part in (fresh.texts, fresh.labels))
+
+
+def test_v1_never_trains_on_held_out_fresh_labels(small):
+    """Through train.train: a made-up word of every fresh text it trained on is in the vocabulary, none of
+    a held-out one's; the held-out share is scored on its own (metrics "fresh_test")."""
+    fresh = fresh_reviews(200)
+    model, _, vocab, metrics = train.train(*small, seed=1, epochs=1, fresh=fresh)
+    words = {made_up_word(i): text for i, text in enumerate(fresh.texts)}
+    held_out = {word for word, text in words.items() if train.is_held_out(text)}
+    assert 20 < len(held_out) < 60
+    assert not held_out & set(vocab)
+    assert words.keys() - held_out <= set(vocab)
+    assert metrics["fresh"]["held_out"] == metrics["fresh_test"]["size"] == len(held_out)
+    assert metrics["train_size"] == len(train.split(len(small[0]))["train"]) + len(words) - len(held_out)
+
+
+def test_v2_fine_tuning_never_trains_on_held_out_fresh_labels(small):
+    """train_transformer.train takes its training texts from the same train.subsets: two steps on a small
+    corpus with fresh rows, recording every text it tokenises for training."""
+    subprocess.run(["make", "-s", "build/pretrained/model.safetensors"], cwd=pretrained.DEFAULT_DIR.parent.parent, check=True)
+    tokenised = []
+
+    class Recording(WordPieceEncoder):
+        def token_ids(self, texts):
+            tokenised.append(list(texts))
+            return super().token_ids(texts)
+
+    encoder = Recording(pretrained.DEFAULT_DIR / pretrained.TOKENIZER_FILE, train_transformer.MAX_LENGTH, train_transformer.HEAD_TOKENS)
+    texts, labels = small[0][:200], small[1][:200]
+    fresh = fresh_reviews(60)
+    _, _, metrics = train_transformer.train(texts, labels, encoder, load_file(str(pretrained.verify())), seed=1, epochs=1,
+                                            max_steps=2, eval_size=8, fresh=fresh)
+    trained = set(tokenised[0])
+    assert trained == set(train.subsets(texts, labels, fresh)["train"][0])
+    assert {t for t in fresh.texts if train.is_held_out(t)}.isdisjoint(trained)
+    assert metrics["fresh_test"]["size"] == sum(map(train.is_held_out, fresh.texts)) > 0
