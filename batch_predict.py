@@ -136,10 +136,8 @@ class Endpoint:
         return [p["probability"] for p in answer["predictions"]]
 
     def __call__(self, texts: list[str]) -> list[float]:
-        size = self.signature.max_texts
-        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         with ThreadPoolExecutor(self.workers) as pool:
-            return [p for chunk in pool.map(self.post, chunks) for p in chunk]
+            return [p for chunk in pool.map(self.post, chunks(texts, self.signature.max_texts)) for p in chunk]
 
     def post_explain(self, texts: list[str]) -> list[list[dict]]:
         answers = self.request(self.url.replace("/predictions/", "/explanations/", 1), texts)
@@ -148,15 +146,28 @@ class Endpoint:
         return [answer["tokens"] for answer in answers]
 
     def explain(self, texts: list[str]) -> list[list[dict]]:
-        """The server's explanations, in requests of as many texts as the served version explains at once (explain.max_texts)."""
+        """The server's explanations, in requests of as many texts and characters as the served version
+        explains at once (explain.max_texts, Signature.max_explain_chars)."""
         from explain import max_texts
 
         if "/predictions/" not in self.url:
             raise SystemExit(f"--explain with --endpoint needs a .../predictions/<model> URL (its /explanations/ twin is asked), got {self.url}")
-        size = max_texts(self.signature)
-        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        requests = chunks(texts, max_texts(self.signature), self.signature.max_explain_chars)
         with ThreadPoolExecutor(self.workers) as pool:
-            return [tokens for chunk in pool.map(self.post_explain, chunks) for tokens in chunk]
+            return [tokens for chunk in pool.map(self.post_explain, requests) for tokens in chunk]
+
+
+def chunks(texts: list[str], size: int, max_chars: int | None = None) -> list[list[str]]:
+    """`texts` in order, in requests of at most `size` texts and `max_chars` characters together (or of
+    one text, which a request may always hold: Signature.max_chars is below max_explain_chars)."""
+    out, chars = [], 0
+    for text in texts:
+        if not out or len(out[-1]) == size or (max_chars is not None and chars + len(text) > max_chars):
+            out.append([])
+            chars = 0
+        out[-1].append(text)
+        chars += len(text)
+    return out
 
 
 def served_signature(url: str, version: str, artifact: Path | None = None) -> Signature:
