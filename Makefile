@@ -34,7 +34,7 @@ MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
-.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
+.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench overload soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -85,7 +85,7 @@ archive: $(MAR) ## model_store/sentiment.mar (VERSION=2: sentiment_v2.mar, the t
 serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
 	$(if $(TRANSFORMER),$(MAKE) --no-print-directory archive VERSION=1)
 	mkdir -p logs
-	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties \
+	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties --log-config log4j2.xml \
 		$(if $(TRANSFORMER),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
 		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1 || { cat logs/console.log; exit 1; }
 	@for i in $$(seq 180); do \
@@ -124,6 +124,9 @@ test: install-dev archive prometheus ## run the whole test suite (unit + integra
 
 bench: install-dev archive ## TorchServe vs FastAPI (1 and N workers) vs LitServe vs /ping, grid, ceilings -> bench/results/ (VERSION=2: results_v2.json), ~10 min; needs a clean tree
 	$(PY) bench/run.py --model-version $(VERSION)
+
+overload: install-dev archive ## open-loop Poisson load from 25 % to 200 % of capacity, then 2x for 30 s: TorchServe vs FastAPI-2 -> bench/results/overload.json + .png, ~6 min; needs a clean tree
+	$(PY) bench/overload.py
 
 soak: install-dev archive ## 32 clients for MINUTES (5): every request answered? errors, RSS -> bench/results/soak.json
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32

@@ -20,6 +20,7 @@ from ts_properties import read_properties
 
 ROOT = Path(__file__).resolve().parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
+LOG_CONFIG = ROOT / "log4j2.xml"  # what `make serve` starts TorchServe with
 FRONTEND, WORKER = "org.pytorch.serve.ModelServer", "model_service_worker"  # in the command lines of the JVM and of a worker
 
 
@@ -156,8 +157,10 @@ class LocalTorchServe:
 
     homes: set[str] = set()  # of every instance, so a test session can check that none outlived it
 
-    def __init__(self, model_store: Path, models: str = "sentiment.mar", config: dict | None = None, env: dict | None = None):
+    def __init__(self, model_store: Path, models: str = "sentiment.mar", config: dict | None = None, env: dict | None = None,
+                 log_config: Path | None = LOG_CONFIG):
         self.model_store, self.models, self.overrides, self.extra_env = model_store, models, config or {}, env or {}
+        self.log_config = log_config  # None: TorchServe's own (DEBUG frontend, access log; bench/tuning.py compares)
         self.frontend: psutil.Process | None = None
         self.configure()
 
@@ -202,7 +205,8 @@ class LocalTorchServe:
 
     def start_once(self, timeout: float) -> "LocalTorchServe":
         self.frontend = None
-        started = subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file)],
+        log_config = ["--log-config", str(self.log_config)] if self.log_config else []
+        started = subprocess.run([str(TORCHSERVE), "--start", "--ncs", "--ts-config", str(self.config_file), *log_config],
                                  env=self.env, cwd=self.home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pid_file = self.home / ".model_server.pid"
         if started.returncode != 0:  # it may have launched the JVM all the same: stop() finds it by its pid file

@@ -1,4 +1,5 @@
-"""The one closed-loop HTTP load generator (asyncio + aiohttp, keep-alive), for `make bench` and `make soak`.
+"""The one HTTP load generator (asyncio + aiohttp, keep-alive), closed or open loop, for `make bench`,
+`make overload` and `make soak`.
 
     .venv/bin/python bench/loadgen.py --url http://127.0.0.1:8080/predictions/sentiment \
         --bodies bodies.json --concurrency 8 --warmup 1 --duration 4
@@ -8,6 +9,12 @@ the previous one is answered, cycling through a list of requests (`closed_loop`)
 checked: a 200 whose body does not have the expected shape counts as an error ("200:bad_body"), so
 a server that answers fast but wrongly cannot win a benchmark. Latency percentiles have one
 definition, the nearest rank (`percentile`), in every report.
+
+Open loop (`open_loop`): requests go out on a schedule fixed in advance (constant or Poisson
+arrivals at a target rate), whether or not earlier ones were answered, so the offered load does not
+drop as the server slows; each latency runs from the request's *scheduled* time, so a client that
+falls behind cannot hide the server's queue (no coordinated omission). Every request ends answered,
+refused (its status and kind) or timed out. bench/overload.py drives it past capacity.
 
 As a command (bench/run.py runs it in a process of its own), it POSTs the bodies in --bodies (a
 JSON list of strings) as application/json, or GETs without --bodies; a URL ending in /ping must be
@@ -22,6 +29,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -144,6 +152,69 @@ async def closed_loop(base_url: str, batch: list[Request], concurrency: int, kee
 
     async with client_session(concurrency, timeout) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
+
+
+@dataclass
+class Scheduled:
+    """One open-loop request: when it was due (s from the start), how late it went out, and its outcome,
+    whose `seconds` run from the due time."""
+
+    due: float
+    send_lag: float
+    request: Request
+    outcome: Outcome
+
+
+def arrival_times(rate: float, seconds: float, arrivals: str = "poisson", seed: int = 0, start: float = 0.0) -> list[float]:
+    """Due times in [start, start + seconds): every 1/rate s ("constant"), or exponential gaps of mean 1/rate ("poisson")."""
+    rng, times, t = random.Random(seed), [], 0.0
+    while t < seconds:
+        times.append(start + t)
+        t += rng.expovariate(rate) if arrivals == "poisson" else 1 / rate
+    return times
+
+
+async def open_loop(base_url: str, batch: list[Request], dues: list[float], timeout: float = TIMEOUT,
+                    connections: int = 2048) -> list[Scheduled]:
+    """Each request (cycling through `batch`) sent at its due time (s from now, see arrival_times) however
+    many are in flight (up to `connections` open at once, far above any server's workers here)."""
+    loop = asyncio.get_running_loop()
+    async with client_session(connections, timeout) as session:
+        start = loop.time() + 0.1
+
+        async def one(i: int, due: float) -> Scheduled:
+            await asyncio.sleep(max(0.0, start + due - loop.time()))
+            lag = loop.time() - (start + due)
+            request = batch[i % len(batch)]
+            outcome = await send(session, base_url, request)
+            outcome.seconds = loop.time() - (start + due)
+            return Scheduled(due, lag, request, outcome)
+
+        return await asyncio.gather(*(one(i, due) for i, due in enumerate(dues)))
+
+
+def open_loop_summary(results: list[Scheduled], rate: float, seconds: float, within: float = 2.0) -> dict:
+    """Goodput (requests answered 200 within `within` s of their due time, per second: an answer that
+    comes later is of no use to its client), latency of all answered requests from their due time, what
+    was refused or timed out, and how many requests ended (answered or refused) within `within` s."""
+    ok = sorted(r.outcome.seconds for r in results if r.outcome.kind(r.request.form) == "ok")
+    ended = [r for r in results if r.outcome.status is not None]
+    kinds: dict[str, int] = {}
+    for r in results:
+        kind = r.outcome.kind(r.request.form)
+        if kind != "ok":
+            kinds[kind] = kinds.get(kind, 0) + 1
+    refused = [r.outcome.seconds for r in ended if r.outcome.status != 200]
+    lags = sorted(r.send_lag for r in results)
+    return {
+        "offered_rps": round(rate, 1), "sent": len(results), "answered_ok": len(ok),
+        "goodput_rps": round(sum(t <= within for t in ok) / seconds, 1),
+        "latency_ms": {**latency_ms(ok), "p99_9": None if not ok else round(percentile(ok, 99.9) * 1000, 3)},
+        "refused": len(refused), "refused_latency_ms": latency_ms(sorted(refused)),
+        "timed_out_or_failed": len(results) - len(ended), "errors_by_kind": kinds,
+        "ended_within_s": within, "ended_within_share": round(sum(r.outcome.seconds <= within for r in ended) / max(len(results), 1), 5),
+        "client_send_lag_ms": {"p50": round(percentile(lags, 50) * 1000, 2), "p99": round(percentile(lags, 99) * 1000, 2)} if lags else None,
+    }
 
 
 # ---------------------------------------------------------------- the command: one measured point

@@ -14,6 +14,8 @@ reviews (bench/corpus.py). The jobs, one file each, in this order:
                  on batches of 1 and 64 texts; a TorchServe worker's own cost by step (v1 only)
   head-to-head   bench/headtohead.py: TorchServe, its /ping, FastAPI with one and with N uvicorn
                  workers, LitServe; short, long and mix bodies; CPU per request and RSS per tree
+  tuning         bench/tuning.py: the shipped TorchServe against one-setting variants (TorchServe's
+                 own logging, system metrics, JVM heap, netty threads): what each per-request cost is worth
   grid           bench/grid.py: TorchServe over workers x batch size, then a batch-delay sweep
                  (skipped if the --budget would run out)
   report, plot   bench/report.py, bench/plot.py: targets, breakdown, summary.md, the PNG
@@ -46,6 +48,7 @@ import grid
 import headtohead
 import inprocess
 import model
+import tuning
 from archive import extract
 from common import CONCURRENCY, MODEL, log
 from measure import Bench
@@ -55,7 +58,7 @@ from report import breakdown, recommended_defaults, summary_markdown, targets
 
 WARMUP_S, DURATION_S = 1.0, 3.0  # per point
 MAX_REQUESTS = 100_000  # per point, warm-up included: a bound far above what 4 s can reach here
-BUDGET_S = 660  # seconds; the delay sweep is skipped to finish within it
+BUDGET_S = 780  # seconds; the delay sweep is skipped to finish within it
 QUICK = {"warmup": 0.3, "duration": 1.5, "grid_batch": (1, 8), "sweep": ()}  # --quick: a smoke test of every part
 
 
@@ -176,6 +179,8 @@ def measure(args, scratch: Path, started: float, run: Provenance) -> dict:
                                                            seconds=0.5 if quick else 1.5)
         sample = corpus.json_bodies(corpus.mix(signature["max_chars"], n=20, seed=1)[0])
         results["head_to_head"] = headtohead.run(bench, results, version, store, artifact, shipped, threads, sample)
+        log("TorchServe's own per-request costs: the shipped server against one-setting variants")
+        results["tuning"] = tuning.run(bench, store)
         grid.run(bench, results, store, grid_batch, sweep)
     finally:
         results["run_seconds"] = round(time.monotonic() - started, 1)
