@@ -3,6 +3,7 @@
     build/kserve/
       model-store/sentiment.mar       the archive, named after the model (TorchServe's model name)
       config/config.properties        TorchServe settings for the pod, with a model_snapshot
+      config/log4j2.xml               the repository's logging (no access log, frontend at INFO), via vmargs
 
     python deploy/kserve/build_layout.py --mar model_store/sentiment.mar --out build/kserve
 
@@ -39,6 +40,7 @@ from ts_properties import read_properties  # noqa: E402
 
 MODEL_STORE = "/mnt/models/model-store"  # where KServe's storage initializer puts <storageUri>/model-store
 CONFIG_PATH = "config/config.properties"
+LOG_CONFIG_PATH = "config/log4j2.xml"
 MAR_DIR = "model-store"
 
 # Taken over unchanged from config.properties (everything else there is per-machine or set below).
@@ -78,6 +80,8 @@ KSERVE = {
     "number_of_netty_threads": "4",
     "job_queue_size": "100",
     "model_store": MODEL_STORE,
+    # The runtime starts torchserve without --log-config: the JVM reads the layout's log4j2.xml through vmargs.
+    "vmargs": f"-Dlog4j.configurationFile=file:///mnt/models/{LOG_CONFIG_PATH}",
 }
 
 ENVELOPE_NOTE = """\
@@ -134,6 +138,7 @@ def build(mar: Path, out: Path, base_config: Path) -> dict:
     (out / "config").mkdir()
     shutil.copyfile(mar, out / MAR_DIR / mar_name)
     (out / CONFIG_PATH).write_text(config_properties(read_properties(base_config), snapshot))
+    shutil.copyfile(ROOT / "log4j2.xml", out / LOG_CONFIG_PATH)
     return snapshot
 
 
