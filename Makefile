@@ -34,7 +34,7 @@ MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
-.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench overload soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report
+.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench overload soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report promote
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -175,6 +175,14 @@ monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:9090 (data in l
 
 drift-report: install-dev ## live vs reference distributions per model version from Prometheus, a verdict, build/drift-report.png (WINDOW=30m)
 	$(PY) drift_report.py --prometheus $(PROMETHEUS) --window $(WINDOW) --png build/drift-report.png
+
+# README's loop from the canary on, as one run of promote.py (its docstring says why each step): the archive of
+# CANDIDATE registered beside the default, both scored on labels neither trained on, a bake on the monitor's Prometheus,
+# then set-default or roll back. Needs `make serve MODEL_API=on`; exits 1 when it rolls back.
+promote: monitor ## canary CANDIDATE=N (model_store/sentiment_vN.mar): scores (FRESH=fresh.csv), a BAKE (600 s) on Prometheus, then promote or roll back; evidence in build/promotions/
+	@test -n "$(CANDIDATE)" || { echo "usage: make promote CANDIDATE=N [FRESH=fresh.csv] [BAKE=seconds]" >&2; exit 2; }
+	$(PY) promote.py --candidate $(CANDIDATE) --inference $(INFERENCE) --management $(MANAGEMENT) --metrics $(METRICS) \
+		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) $(if $(BAKE),--bake $(BAKE))
 
 clean: ## remove build outputs and archives
 	rm -rf build logs model_store/*.mar
