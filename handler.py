@@ -71,6 +71,7 @@ class SentimentHandler(BaseHandler):
                 request = Parsed(error=error)
             request.explain = explain
             parsed.append(request)
+        log.info("batch of %d requests, %d explanations", len(parsed), sum(request.explain for request in parsed))  # tests read the mix
         return parsed
 
     def is_explanation(self, idx: int) -> bool:

@@ -113,9 +113,50 @@ def test_pretrained_weights_missing_a_layer_are_refused(store):
         load_pretrained_encoder(TransformerClassifier(TransformerConfig()), weights)
 
 
-def test_batch_equals_singles_and_padding_changes_nothing(store, wordpiece):
-    core = torch.jit.load(str(quick_v2.EXPORT / "model.pt"))
-    texts = [POSITIVE, "ok", NEGATIVE, " ".join(REVIEW_WORDS * 20)]
+PADDING_TOLERANCE = 1e-5  # logits; seen: 5e-7 (float32 sums over other shapes), while an ignored mask moves them by 0.8 to 2.8
+
+
+def padded_to(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask of `rows` each padded to `length` with [PAD] (id 0), mask 0: what
+    signature.json describes, and what an ONNX user gets from the shipped tokenizer padded to max_length."""
+    input_ids = torch.zeros(len(rows), length, dtype=torch.int64)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)], attention_mask[i, : len(row)] = torch.tensor(row), 1
+    return input_ids, attention_mask
+
+
+def v2_core(kind: str, signature: Signature):
+    return torch.jit.load(str(quick_v2.EXPORT / "model.pt")) if kind == "torchscript" else OnnxCore(quick_v2.EXPORT / "model.onnx", signature)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_batch_equals_singles_and_padding_changes_nothing(store, v2_signature, wordpiece, kind):
+    """Every text padded to max_length (256) tokens, as ONNX users pad, gives the logits it gets alone
+    and unpadded (within PADDING_TOLERANCE), through the TorchScript and the ONNX core: "ok" is 3 real
+    tokens and 253 [PAD]s. A core that ignored the attention mask would move those logits by ~1."""
+    core = v2_core(kind, v2_signature)
+    texts = [POSITIVE, "ok", NEGATIVE, " ".join(REVIEW_WORDS * 5), " ".join(REVIEW_WORDS * 20)]
+    rows = wordpiece.token_ids(texts)
+    assert [len(row) for row in rows] == [19, 3, 17, 112, v2_signature.max_length]  # heavy padding; the last is cut to fit
+    # As an ONNX user pads: the shipped tokenizer.json padded to max_length gives the same ids and mask
+    # (texts under max_length; the longest is cut head + tail by the featuriser, not by the tokenizer).
+    users = Tokenizer.from_file(str(quick_v2.EXPORT / "tokenizer.json"))
+    users.enable_padding(length=v2_signature.max_length, pad_id=0, pad_token="[PAD]")
+    users.no_truncation()
+    padded = padded_to(rows, v2_signature.max_length)
+    encodings = users.encode_batch(texts[:-1])
+    assert torch.equal(padded[0][:-1], torch.tensor([e.ids for e in encodings]))
+    assert torch.equal(padded[1][:-1], torch.tensor([e.attention_mask for e in encodings]))
+    with torch.inference_mode():
+        alone = torch.cat([core(*wordpiece.inputs([text])) for text in texts])  # each text unpadded, its own length
+        heavily_padded = core(*padded)
+    assert (heavily_padded - alone).abs().max() < PADDING_TOLERANCE, (heavily_padded - alone).tolist()
+    # The padding is heavy enough to matter: read as words, the [PAD]s move every padded text's logit.
+    with torch.inference_mode():
+        unmasked = core(padded[0], torch.ones_like(padded[1]))
+    assert ((unmasked - alone).abs()[:-1] > 0.1).all(), (unmasked - alone).tolist()
+    # predict_proba's own batching (texts of similar length in one pass, padded to its longest) agrees too.
     batched = predict_proba(core, texts, wordpiece)
     singles = torch.cat([predict_proba(core, [t], wordpiece) for t in texts])
     assert (batched - singles).abs().max() < 1e-5
