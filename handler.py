@@ -108,6 +108,9 @@ class SentimentHandler(BaseHandler):
                 continue
             admitted.append(request)
             spent += cost
+        if len(admitted) < len(requests):
+            log.warning("admitted %d of %d requests (estimated %.1f s of the batch's %.1f s budget); the others answered 503",
+                        len(admitted), len(requests), spent, self.budget)
         return admitted
 
     def over_budget(self) -> bool:
