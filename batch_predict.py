@@ -26,6 +26,7 @@ version's signature and limits, from build/v<N>/export or --artifact (refused if
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -103,7 +104,9 @@ class Endpoint:
     def __init__(self, url: str, artifact: Path | None = None, workers: int = 4, timeout: float = 60.0):
         self.url, self.workers, self.timeout = url, workers, timeout
         self.local = threading.local()  # one HTTP session (kept-alive connection) per thread
-        self.signature = served_signature(url, str(self.request(url, [PROBE]).get("model_version")), artifact)
+        signature = served_signature(url, str(self.request(url, [PROBE]).get("model_version")), artifact)
+        # The server answers calibrated probabilities already: score_frame labels them without calibrating again.
+        self.signature = dataclasses.replace(signature, calibration=None)
 
     def session(self):
         if not hasattr(self.local, "session"):

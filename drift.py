@@ -16,6 +16,19 @@ no significant change, 0.1 to 0.25 a moderate shift (look), above 0.25 a signifi
 `MIN_COUNT` live predictions keep chance below those: with K = 10 probability buckets and the
 1,066-review reference, the 99.9th percentile of PSI without drift is 27.9 * (1/400 + 1/1066) =
 0.096 at n = 400, under the 0.1 warning.
+
+Drift says the inputs changed, not that the model got worse. The estimated accuracy does, without
+labels (confidence-based performance estimation, NannyML's CBPE): served probabilities are
+calibrated (export.fit_calibration), so a text answered p is right with probability c = max(p, 1 - p),
+and the expected accuracy of n answers is the mean of c; the true accuracy differs from it by
+sqrt(sum c (1 - c)) / n (`estimate_error`) when the calibration holds for the traffic. It holds under
+covariate shift (other texts, the same P(label | text)); it cannot see concept drift (the same text
+read with a new label), and it errs where the model's probabilities do not transfer (e.g. far longer
+texts) or where only the label mix moved. The alert compares a window's estimate with the test split's
+(`reference["estimated_accuracy"]`): without a change, their difference is the sampling error of two
+means of c, sd(c) * sqrt(1/n + 1/m) for n live and m reference answers, so a drop of more than
+ESTIMATED_ACCURACY_Z of those at n = MIN_COUNT (`estimated_accuracy_margin`; v1: 0.026) happens by
+chance once in about 1,000 windows, as for the PSI thresholds.
 """
 
 import math
@@ -40,6 +53,7 @@ PSI_WARNING = 0.1
 PSI_CRITICAL = 0.25
 POSITIVE_RATE_TOLERANCE = 0.10  # |live - reference| share of positive predictions
 MIN_COUNT = 400  # predictions in the window before any drift verdict
+ESTIMATED_ACCURACY_Z = 3.09  # standard errors: the normal's one-sided 99.9th percentile
 
 
 def le_label(bound: float) -> str:
@@ -78,15 +92,36 @@ def reference_distribution(probabilities: list[float], texts: list[str], signatu
             name: bin_counts([p for p, y in zip(rounded, labels) if y == value], PROBABILITY_LE)
             for value, name in enumerate(signature.labels)
         }
+    confidence = [max(p, 1 - p) for p in rounded]
+    mean_confidence = sum(confidence) / n
     return {
         "source": "held-out test split",
         "n": n,
         "positive_rate": round(predicted.count(signature.labels[1]) / n, 6),
+        "estimated_accuracy": round(mean_confidence, 6),
+        "estimated_accuracy_sd": round(math.sqrt(sum((c - mean_confidence) ** 2 for c in confidence) / n), 6),
         "mean_probability": round(sum(rounded) / n, 6),
         "mean_kchars": round(sum(kchars) / n, 6),
         "probability": probability,
         "input_kchars": {"le": [le_label(b) for b in KCHARS_LE], "counts": bin_counts(kchars, KCHARS_LE)},
     }
+
+
+def estimated_accuracy(probabilities: list[float]) -> float:
+    """The expected accuracy of answers with these calibrated probabilities: the mean of max(p, 1 - p)."""
+    return sum(max(p, 1 - p) for p in probabilities) / len(probabilities)
+
+
+def estimate_error(probabilities: list[float]) -> float:
+    """The standard deviation of the true accuracy around `estimated_accuracy` if the probabilities are
+    calibrated: each answer is right with probability c = max(p, 1 - p), independently."""
+    return math.sqrt(sum(max(p, 1 - p) * min(p, 1 - p) for p in probabilities)) / len(probabilities)
+
+
+def estimated_accuracy_margin(reference: dict, n: int = MIN_COUNT) -> float:
+    """How far below the reference's estimated accuracy a window's of `n` answers may fall by chance
+    (ESTIMATED_ACCURACY_Z standard errors of the difference of two means of max(p, 1 - p))."""
+    return ESTIMATED_ACCURACY_Z * reference["estimated_accuracy_sd"] * math.sqrt(1 / n + 1 / reference["n"])
 
 
 def smoothed_shares(counts: list[float], smoothing: float = SMOOTHING) -> list[float]:
@@ -111,9 +146,10 @@ def level(value: float, warning: float, critical: float | None = None) -> str:
 def compare(live: dict, reference: dict) -> dict:
     """Live statistics of one model version against its reference, with a verdict.
 
-    `live`: {"predictions": n, "positive": n, "probability": [bin counts], "input_kchars": [bin
-    counts]}, the increases over one window. Returns each statistic, its level (ok / warning /
-    critical) and `verdict`: "insufficient data" below MIN_COUNT predictions, else the worst level.
+    `live`: {"predictions": n, "positive": n, "expected_correct": sum of max(p, 1 - p) (None if not
+    served), "probability": [bin counts], "input_kchars": [bin counts]}, the increases over one window.
+    Returns each statistic, its level (ok / warning / critical) and `verdict`: "insufficient data"
+    below MIN_COUNT predictions, else the worst level.
     """
     n = live["predictions"]
     result = {"predictions": n, "reference_n": reference["n"]}
@@ -126,6 +162,14 @@ def compare(live: dict, reference: dict) -> dict:
         result[f"{key}_psi"] = psi(counts, reference[key]["counts"]) if sum(counts) else math.nan
         result[f"{key}_level"] = level(result[f"{key}_psi"], PSI_WARNING, PSI_CRITICAL) if sum(counts) else "ok"
     levels = [result[k] for k in ("positive_rate_level", "probability_level", "input_kchars_level")]
+    if "estimated_accuracy" in reference:  # signatures exported before calibration have none
+        expected_correct = live.get("expected_correct")
+        result["estimated_accuracy"] = expected_correct / n if n and expected_correct is not None else math.nan
+        result["reference_estimated_accuracy"] = reference["estimated_accuracy"]
+        result["estimated_accuracy_margin"] = estimated_accuracy_margin(reference)
+        drop = reference["estimated_accuracy"] - result["estimated_accuracy"]
+        result["estimated_accuracy_level"] = "warning" if drop > result["estimated_accuracy_margin"] else "ok"  # NaN: ok
+        levels.append(result["estimated_accuracy_level"])
     if n < MIN_COUNT:
         result["verdict"] = "insufficient data"
     else:

@@ -6,9 +6,11 @@ and a PNG of live vs reference distributions.
     python drift_report.py --prometheus http://prometheus:9090 --window 2h --png build/drift-report.png
 
 The statistics are drift.py's, the same ones the rules in deploy/prometheus/ compute in PromQL:
-the positive rate against the test split's, and the population stability index (PSI) of the
-predicted probabilities and of the input lengths over TorchServe's histogram buckets. Counts are
-increase() over the window, so a TorchServe restart (counters back to 0) does not distort them.
+the positive rate against the test split's, the population stability index (PSI) of the
+predicted probabilities and of the input lengths over TorchServe's histogram buckets, and the
+accuracy estimated from the calibrated probabilities (mean of max(p, 1 - p)) against the test
+split's estimate. Counts are increase() over the window, so a TorchServe restart (counters back to
+0) does not distort them.
 
 Exit status: 0 no drift (or too little traffic for a verdict), 1 drift (a warning or critical
 statistic), 2 no report: Prometheus unreachable or not installed, its API refused a query, or no
@@ -99,13 +101,15 @@ def collect(prometheus: str, window: str, at: float | None = None) -> dict:
     live = {}
     predictions = by_version(q(f"sum by ({BY}, Label) (increase(SentimentPredictions[{window}]))"), "Label")
     errors = by_version(q(f"sum by ({BY}, Kind) (increase(SentimentRequestErrors[{window}]))"), "Kind")
+    expected_correct = by_version(q(f"sum by ({BY}) (increase(SentimentExpectedCorrect[{window}]))"))
     histograms = {key: by_version(q(f"sum by ({BY}, le) (increase({metric}_bucket[{window}]))"), "le")
                   for key, (metric, _) in drift.HISTOGRAMS.items()}
     sums = {key: by_version(q(f"sum by ({BY}) (increase({metric}_sum[{window}]))"))
             for key, (metric, _) in drift.HISTOGRAMS.items()}
     for version in set(predictions) | set(errors) | set().union(*histograms.values()):
         labels = predictions.get(version, {})
-        entry = {"predictions": sum(labels.values()), "by_label": labels, "errors": errors.get(version, {})}
+        entry = {"predictions": sum(labels.values()), "by_label": labels, "errors": errors.get(version, {}),
+                 "expected_correct": expected_correct.get(version)}
         for key, (_, le) in drift.HISTOGRAMS.items():
             entry[key] = bins(histograms[key].get(version, {}), le)
             entry[f"{key}_sum"] = sums[key].get(version, 0.0)
@@ -139,7 +143,7 @@ def assess(collected: dict, references: dict, positive: str = "positive") -> lis
     rows = []
     for (model, version), entry in sorted(collected["live"].items(), key=lambda item: item[0]):
         live = {"predictions": entry["predictions"], "positive": entry["by_label"].get(positive, 0.0),
-                **{key: entry[key] for key in drift.HISTOGRAMS}}
+                "expected_correct": entry["expected_correct"], **{key: entry[key] for key in drift.HISTOGRAMS}}
         row = {"model": model, "version": version, "entry": entry}
         if (model, version) in references:
             signature, folder = references[(model, version)]
@@ -178,6 +182,11 @@ def print_report(prometheus: str, window: str, at: float, collected: dict, rows:
              f"|diff| > {drift.POSITIVE_RATE_TOLERANCE}", stats["positive_rate_level"]),
             ("probability PSI", fmt(stats["probability_psi"]), "0", f"> {drift.PSI_WARNING} / {drift.PSI_CRITICAL}", stats["probability_level"]),
             ("input length PSI", fmt(stats["input_kchars_psi"]), "0", f"> {drift.PSI_WARNING} / {drift.PSI_CRITICAL}", stats["input_kchars_level"]),
+        ]
+        if "estimated_accuracy" in stats:
+            lines.append(("estimated accuracy", fmt(stats["estimated_accuracy"]), fmt(stats["reference_estimated_accuracy"]),
+                          f"< ref - {stats['estimated_accuracy_margin']:.3f}", stats["estimated_accuracy_level"]))
+        lines += [
             ("mean probability", fmt(entry["probability_sum"] / n), fmt(reference["mean_probability"]), "", ""),
             ("mean input characters", fmt(1000 * entry["input_kchars_sum"] / n, 0), fmt(1000 * reference["mean_kchars"], 0), "", ""),
         ]

@@ -171,10 +171,11 @@ def answer_all(requests: list[Parsed], probabilities: list[float], signature: Si
 
 
 def labelled(probabilities: list[float], signature: Signature) -> tuple[list[float], list[str]]:
-    """Probabilities as answered (6 decimals) and their labels, taken from the rounded value so that
-    an answer never disagrees with itself. The one place that labels: the handler, its metrics and
-    batch scoring all go through it, so a text gets the same label online and offline."""
-    rounded = [round(p, 6) for p in probabilities]
+    """The core's probabilities as answered, calibrated (Signature.calibrate) and rounded to 6 decimals,
+    and their labels, taken from the rounded value so that an answer never disagrees with itself. The
+    one place that calibrates and labels: the handler, its metrics, the drift reference and batch
+    scoring all go through it, so a text gets the same answer online and offline."""
+    rounded = [round(signature.calibrate(p), 6) for p in probabilities]
     return rounded, [signature.label(p) for p in rounded]
 
 

@@ -2,6 +2,7 @@
 by every consumer (handler, batch scoring, benchmarks), so no limit or label is a scattered literal."""
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ TRANSFORMER_INPUTS = [
     {"name": "input_ids", "dtype": "int64", "shape": ["batch", "length"], "doc": "WordPiece ids, [CLS] ... [SEP], padded with 0"},
     {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "length"], "doc": "1 for a real token, 0 for padding"},
 ]
+# A float32 sigmoid reaches 1.0 for logits above ~16.6: probabilities are clipped to this distance from 0 and 1
+# before their logit is taken, by the calibration's fit (export.py) and by every use of it (Signature.calibrate).
+CALIBRATION_CLIP = 1e-7
 
 
 @dataclass
@@ -51,13 +55,26 @@ class Signature:
         ]
     )
     outputs: list = field(
-        default_factory=lambda: [{"name": "logit", "dtype": "float32", "shape": ["batch"], "doc": "probability = sigmoid(logit)"}]
+        default_factory=lambda: [{"name": "logit", "dtype": "float32", "shape": ["batch"], "doc": "the core's P(positive) = sigmoid(logit); served calibrated (calibration)"}]
     )
+    # Platt scaling fitted by export.py on the validation split, {"method": "platt", "slope", "intercept", ...}: the
+    # served probability is sigmoid(slope * logit + intercept) of the core's logit (Signature.calibrate). None: the core's own.
+    calibration: dict | None = None
     # The test split in the served histograms' bins (drift.reference_distribution): what monitoring compares live traffic with.
     reference: dict = field(default_factory=dict)
 
     def label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]
+
+    def calibrate(self, probability: float) -> float:
+        """The probability served for the core's `probability` (= sigmoid(logit)): its calibrated value, so that
+        of the texts answered p, a share p is positive; the core's own where the signature has no calibration.
+        Increasing in the logit, so every ranking (ROC AUC) is the core's. payload.labelled is its one caller."""
+        if not self.calibration:
+            return probability
+        p = min(max(probability, CALIBRATION_CLIP), 1 - CALIBRATION_CLIP)
+        z = self.calibration["slope"] * math.log(p / (1 - p)) + self.calibration["intercept"]
+        return 1 / (1 + math.exp(-z))
 
     def estimated_seconds(self, texts: list[str]) -> float:
         """An upper bound on the forward cost of `texts` (one thread, no other load): cost grows with a

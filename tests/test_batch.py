@@ -1,6 +1,7 @@
 """batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training,
 and --endpoint scoring with the served version's signature and limits."""
 
+import dataclasses
 import json
 import math
 
@@ -29,11 +30,11 @@ def score_texts(export_dir, texts, tmp_path, batch_size=batch_predict.BATCH_SIZE
 
 
 def test_probabilities_equal_training_predict_proba(export_dir, encoder, signature, tmp_path):
-    """Offline scores are training's predict_proba, rounded and labelled as the endpoint answers."""
+    """Offline scores are training's predict_proba, calibrated, rounded and labelled as the endpoint answers."""
     texts = load_dataset()[0][:700]
     out = score_texts(export_dir, texts, tmp_path, batch_size=128)  # several batches
     core = torch.jit.load(str(export_dir / signature.model_file))
-    expected = predict_proba(core, texts, encoder).tolist()
+    expected = [signature.calibrate(p) for p in predict_proba(core, texts, encoder).tolist()]
     assert out["probability"].tolist() == [round(p, 6) for p in expected]
     assert out["label"].tolist() == [signature.label(round(p, 6)) for p in expected]
     assert out["error"].isna().all()
@@ -41,7 +42,9 @@ def test_probabilities_equal_training_predict_proba(export_dir, encoder, signatu
 
 def test_a_text_at_the_threshold_gets_the_endpoints_label_offline(signature):
     """Regression: batch scoring labelled the unrounded probability, the endpoint the rounded one, so
-    0.4999996 was "negative" offline and "positive" (0.5) online. Both go through payload.labelled now."""
+    0.4999996 was "negative" offline and "positive" (0.5) online. Both go through payload.labelled now
+    (here without the calibration, so that the scores are the probabilities answered)."""
+    signature = dataclasses.replace(signature, calibration=None)
     near = [signature.threshold - 4e-7, signature.threshold - 6e-7]
     frame = pd.DataFrame({"text": ["a", "b"]})
     out = score_frame(frame, lambda texts: near, "text", signature)

@@ -164,7 +164,7 @@ def test_probabilities_are_the_exported_core_on_text_py_encoding(handler, contex
     ids, offsets = encoder.batch(texts)
     assert offsets[-1] == len(ids) and offsets[-2] < offsets[-1]  # the last text scores the bias alone
     with torch.inference_mode():
-        expected = torch.sigmoid(core(*to_tensors(ids, offsets))).tolist()
+        expected = [signature.calibrate(p) for p in torch.sigmoid(core(*to_tensors(ids, offsets))).tolist()]
     responses = run_batch(handler, context, [json_request({"text": t}) for t in texts])
     assert [r["probability"] for r in responses] == pytest.approx(expected, abs=1e-6)
 

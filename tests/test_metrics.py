@@ -1,5 +1,5 @@
 """Continued evaluation: the handler's Prometheus metrics count exactly what was served, and
-evaluate.py scores the served model exactly as train.evaluate scores the exported one."""
+evaluate.py scores the served model exactly as the exported core scores through payload.labelled."""
 
 import dataclasses
 import json
@@ -13,6 +13,7 @@ import torch
 import evaluate
 import train
 from local_server import ROOT
+from payload import labelled
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -38,6 +39,7 @@ def test_prediction_metrics_count_exactly_what_was_served(server, signature, scr
         "empty_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="empty_text", Status="400"),
         "probability_count": lambda s: s.value("SentimentProbability", "_count", **model),
         "probability_sum": lambda s: s.value("SentimentProbability", "_sum", **model),
+        "expected_correct": lambda s: s.value("SentimentExpectedCorrect", **model),
         "kchars_count": lambda s: s.value("SentimentInputKiloChars", "_count", **model),
         "kchars_sum": lambda s: s.value("SentimentInputKiloChars", "_sum", **model),
     }
@@ -56,11 +58,13 @@ def test_prediction_metrics_count_exactly_what_was_served(server, signature, scr
     after = await_metrics(server, lambda s: {key: read(s) - before[key] for key, read in watched.items()}, expected)
     assert {key: after[key] for key in expected} == expected
     assert after["probability_sum"] == pytest.approx(sum(p["probability"] for p in predictions), abs=1e-4)
+    # one update per batch of the sum of max(p, 1 - p): the accuracy the model expects of these 4 answers, times 4
+    assert after["expected_correct"] == pytest.approx(sum(max(p["probability"], 1 - p["probability"]) for p in predictions), abs=1e-6)
     assert after["kchars_sum"] == pytest.approx(sum(len(t) for t in POSITIVE + NEGATIVE) / 1000, abs=1e-6)
 
 
 def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_metrics):
-    """The model's own families as README documents them: two counters and two histograms, each labelled
+    """The model's own families as README documents them: three counters and two histograms, each labelled
     with ModelName and ModelVersion, the histograms on TorchServe's fixed buckets (above 1 empty for a
     probability). This test sends what makes each series appear, so it does not rely on earlier tests."""
     model = {"ModelName": signature.model_name, "ModelVersion": signature.version}
@@ -90,7 +94,7 @@ def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_met
     }
 
     metrics = scrape(server)
-    for name, kind in (("SentimentPredictions", "counter"), ("SentimentRequestErrors", "counter"),
+    for name, kind in (("SentimentPredictions", "counter"), ("SentimentRequestErrors", "counter"), ("SentimentExpectedCorrect", "counter"),
                        ("SentimentProbability", "histogram"), ("SentimentInputKiloChars", "histogram")):
         assert metrics.type(name) == kind, name
         assert metrics.samples(name, "_count" if kind == "histogram" else "", **model), name
@@ -112,7 +116,7 @@ def test_split():
     return evaluate.held_out_test_split()
 
 
-def test_evaluate_scores_the_served_model_as_training_scores_the_exported_one(server, export_dir, signature, encoder,
+def test_evaluate_scores_the_served_model_as_the_exported_core_scores(server, export_dir, signature, encoder,
                                                                              test_split, tmp_path):
     out = tmp_path / "served.json"
     run = subprocess.run([sys.executable, "evaluate.py", "--url", server.inference, "--out", str(out)],
@@ -122,11 +126,12 @@ def test_evaluate_scores_the_served_model_as_training_scores_the_exported_one(se
 
     texts, labels = test_split
     exported = torch.jit.load(str(export_dir / signature.model_file))
-    expected = train.evaluate(exported, texts, labels, encoder, signature.threshold)
+    expected = train.evaluate(exported, texts, labels, encoder, signature.threshold)  # the core's own sigmoid, uncalibrated
     assert printed["size"] == expected["size"] == len(texts)
-    assert printed["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
-    probabilities = train.predict_proba(exported, texts, encoder)
-    assert printed["correct"] == sum(int(p >= signature.threshold) == y for p, y in zip(probabilities.tolist(), labels))
+    _, predicted = labelled(train.predict_proba(exported, texts, encoder).tolist(), signature)  # calibrated, as served
+    assert printed["correct"] == sum((label == signature.labels[1]) == bool(y) for label, y in zip(predicted, labels))
+    assert printed["accuracy"] == round(printed["correct"] / len(texts), 4)
+    # the calibration is increasing: the ranking, so the AUC, is the core's
     assert printed["roc_auc"] == pytest.approx(expected["roc_auc"], abs=2e-4)  # served probabilities have 6 decimals
     assert printed["served_versions"] == [signature.version]
 

@@ -67,11 +67,16 @@ def test_psi_values():
 def test_compare_gives_a_verdict_only_with_enough_traffic(signature):
     reference = signature.reference
     same = {"predictions": reference["n"], "positive": reference["positive_rate"] * reference["n"],
+            "expected_correct": reference["estimated_accuracy"] * reference["n"],
             "probability": reference["probability"]["counts"], "input_kchars": reference["input_kchars"]["counts"]}
     assert drift.compare(same, reference)["verdict"] == "ok"
     negative = {**same, "positive": 0.1 * reference["n"]}
     assert drift.compare(negative, reference)["positive_rate_level"] == "warning"
     assert drift.compare(negative, reference)["verdict"] == "warning"
+    margin = drift.estimated_accuracy_margin(reference)
+    for drop, level in ((0.9 * margin, "ok"), (1.1 * margin, "warning")):
+        unsure = {**same, "expected_correct": (reference["estimated_accuracy"] - drop) * reference["n"]}
+        assert drift.compare(unsure, reference)["estimated_accuracy_level"] == drift.compare(unsure, reference)["verdict"] == level
     few = {key: (value / 10 if key == "predictions" else value) for key, value in negative.items()}
     assert drift.compare(few, reference)["verdict"] == "insufficient data"
 
@@ -255,6 +260,22 @@ class Prometheus:
         return requests.get(self.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
 
 
+def fast_config(ts: LocalTorchServe, rules: Path) -> dict:
+    """The repository's Prometheus config with 1 s scrapes and evaluations, `ts` as the target and the rules generated into `rules`."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(rules / "reference.rules.yml"), str(rules / "drift.rules.yml"),
+                            str(PROMETHEUS_DIR / "rules" / "health.rules.yml")]
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [ts.metrics.removeprefix("http://")]}]
+    return config
+
+
+def generate_rules(export_dir: Path, rules: Path, window: str) -> None:
+    subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), "--export", str(export_dir),
+                    "--window", window, "--for", DEMO_FOR, "--rules-out", str(rules), "--tests-out", ""],
+                   check=True, capture_output=True, timeout=120)
+
+
 class Traffic(threading.Thread):
     """Posts {"texts": [...]} of `batch` texts from the current pool every `pause` s until stopped."""
 
@@ -283,9 +304,10 @@ class Traffic(threading.Thread):
 
 
 def drift_alerts(alerts: list[dict]) -> dict:
-    """{(alertname, severity): state} of the drift alerts."""
+    """{(alertname, severity): state} of the drift alerts and the estimated accuracy's."""
     return {(a["labels"]["alertname"], a["labels"].get("severity")): a["state"] for a in alerts
-            if a["labels"]["alertname"].startswith("Sentiment") and "Drift" in a["labels"]["alertname"]}
+            if a["labels"]["alertname"].startswith("Sentiment")
+            and ("Drift" in a["labels"]["alertname"] or a["labels"]["alertname"] == "SentimentEstimatedAccuracyDrop")}
 
 
 def wait_for(prometheus: Prometheus, wanted: list[tuple[str, str]], since: float, timeout: float = 45) -> dict:
@@ -329,9 +351,7 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
     timings = {}
     started = time.monotonic()
     rules = home / "rules"
-    subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), "--export", str(export_dir),
-                    "--window", DEMO_WINDOW, "--for", DEMO_FOR, "--rules-out", str(rules), "--tests-out", ""],
-                   check=True, capture_output=True, timeout=120)
+    generate_rules(export_dir, rules, DEMO_WINDOW)
     ts = LocalTorchServe(MODEL_STORE)
     prometheus = traffic = None
     try:
@@ -349,13 +369,7 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
             assert served == list(drift.TORCHSERVE_BUCKETS) + [math.inf], (family, served)
         assert buckets
 
-        # Prometheus: the repository's config with the demo's intervals, target and fast rules.
-        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        config["rule_files"] = [str(rules / "reference.rules.yml"), str(rules / "drift.rules.yml"),
-                                str(PROMETHEUS_DIR / "rules" / "health.rules.yml")]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [ts.metrics.removeprefix("http://")]}]
-        prometheus = Prometheus(config, home).start()
+        prometheus = Prometheus(fast_config(ts, rules), home).start()
         timings["prometheus_start_s"] = time.monotonic() - started - timings["torchserve_start_s"]
 
         # 1. In-distribution traffic (the validation split) for a window and more: no drift alert.
@@ -421,3 +435,81 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"window": DEMO_WINDOW, "for": DEMO_FOR, "scrape_and_evaluation_interval": "1s", **timings}, indent=2) + "\n")
     print(json.dumps(timings, indent=2))
+
+
+ESTIMATE_WINDOW = 20  # seconds: the window of the estimated-accuracy test's rules
+
+
+def counter_samples(prometheus: Prometheus, metric: str, version: str, seconds: int = 120) -> dict:
+    """{series labels: [(t, value), ...]}: what Prometheus scraped of a counter's series in the last `seconds`."""
+    return {tuple(sorted(s["metric"].items())): [(float(t), float(v)) for t, v in s["values"]]
+            for s in prometheus.query(f'{metric}{{ModelVersion="{version}"}}[{seconds}s]')}
+
+
+def held(samples: list[tuple[float, float]], value: float) -> list[float]:
+    """The times at which a series held `value`."""
+    return [t for t, v in samples if v == value]
+
+
+def test_estimated_accuracy_rule_is_the_mean_confidence_of_what_was_served(export_dir, signature, pools, tmp_path):
+    """Through a real TorchServe and Prometheus (1 s scrapes and evaluations, a 20 s window): 192
+    validation reviews, a pause, then the 1,066 held-out test reviews. Every value the recording rule
+    sentiment:estimated_accuracy took while its window held the whole burst and none of the warm-up is
+    the mean of max(p, 1 - p) over the burst's answers, to 1e-6 (the handler's counter, increase() and
+    the rule add up exactly what was served), and that is within its sampling error of the burst's true
+    accuracy. The warm-up makes every series exist, with counts that keep increase() from extrapolating
+    each series to its own zero (which would skew the ratio), well before the window."""
+    rules, window = tmp_path / "rules", f"{ESTIMATE_WINDOW}s"
+    generate_rules(export_dir, rules, window)
+    texts, labels, _ = train.load_dataset()
+    test = train.split(len(texts))["test"]
+    version = signature.version
+    with LocalTorchServe(MODEL_STORE) as ts:
+        prometheus = Prometheus(fast_config(ts, rules), tmp_path).start()
+        try:
+            url = ts.inference + "/predictions/sentiment"
+
+            def served(batch: list[str]) -> list[float]:
+                answers = []
+                for start in range(0, len(batch), 64):
+                    response = requests.post(url, json={"texts": batch[start : start + 64]}, timeout=30)
+                    assert response.status_code == 200, response.text
+                    answers += [p["probability"] for p in response.json()["predictions"]]
+                return answers
+
+            def scraped(total: int, timeout: float = 30) -> None:
+                deadline = time.monotonic() + timeout
+                while not prometheus.query(f'sum(SentimentPredictions{{ModelVersion="{version}"}}) >= {total}'):
+                    assert time.monotonic() < deadline, f"Prometheus did not see {total} predictions"
+                    time.sleep(0.25)
+
+            warm_up = served(pools["in_distribution"][:192])
+            scraped(len(warm_up))
+            time.sleep(8)  # flat samples: the window's start can fall after the warm-up and before the burst
+            burst_started = time.time()
+            burst = served([texts[i] for i in test])
+            scraped(len(warm_up) + len(burst))
+            series = {metric: counter_samples(prometheus, metric, version) for metric in ("SentimentPredictions", "SentimentExpectedCorrect")}
+            flat = [samples for by_labels in series.values() for samples in by_labels.values()]
+            assert len(flat) == 3, series  # the two labels' predictions and the expected-correct sum
+            warm = [held(samples, max(v for t, v in samples if t < burst_started)) for samples in flat]
+            first = max(times[0] for times in warm)  # from here every series holds its whole warm-up count
+            before = min(times[-1] for times in warm)  # the last samples before the burst
+            after = max(held(samples, samples[-1][1])[0] for samples in flat)  # every series has its final count
+            low, high = max(first + ESTIMATE_WINDOW, after) + 1, before + ESTIMATE_WINDOW - 1  # 1 s clear of scrapes racing evaluations
+            assert high - low >= 2, (first, before, after)
+            while time.time() < high + 2:
+                time.sleep(0.5)
+            recorded = [(float(t), float(v)) for t, v in prometheus.query(
+                f'sentiment:estimated_accuracy{{ModelVersion="{version}"}}[{int(time.time() - low) + 2}s]')[0]["values"]]
+            reference = drift_report.by_version(prometheus.query("sentiment:reference_estimated_accuracy"))
+        finally:
+            prometheus.stop()
+    expected = drift.estimated_accuracy(burst)
+    in_window = [value for t, value in recorded if low <= t <= high]
+    assert len(in_window) >= 2, (recorded, low, high)
+    assert all(abs(value - expected) < 1e-6 for value in in_window), (expected, in_window)
+    correct = [(p >= signature.threshold) == bool(labels[i]) for p, i in zip(burst, test)]
+    accuracy = sum(correct) / len(correct)
+    assert abs(accuracy - expected) <= drift.ESTIMATED_ACCURACY_Z * drift.estimate_error(burst), (accuracy, expected)
+    assert reference[("sentiment", version)] == pytest.approx(signature.reference["estimated_accuracy"], abs=1e-9)

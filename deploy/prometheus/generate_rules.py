@@ -13,8 +13,10 @@ API): every version it serves, each signature read from the archive it was regis
 (--model-store). Writes into --rules-out (default deploy/prometheus/rules/, committed: v1's reference):
   reference.rules.yml  the reference of each version as constant series, labelled
                        {ModelName, ModelVersion} (+ le for a bin): sentiment:reference_positive_rate,
-                       sentiment:reference_probability_share, sentiment:reference_input_kchars_share
-  drift.rules.yml      live bin counts, shares and PSI over --window, the positive rate, and the alerts
+                       sentiment:reference_probability_share, sentiment:reference_input_kchars_share,
+                       sentiment:reference_estimated_accuracy and its alert margin
+  drift.rules.yml      live bin counts, shares and PSI over --window, the positive rate, the estimated
+                       accuracy (sentiment:estimated_accuracy, not named by its window), and the alerts
   latency.rules.yml    SentimentLatencyHigh per version measured by `make bench` (bench/results/results*.json)
 and into --tests-out (default deploy/prometheus/tests/; '' for none) drift.test.yml, whose series are
 built from the first version's reference and whose expected PSIs are computed by drift.psi, so
@@ -79,6 +81,14 @@ def reference_rules(signatures: list[Signature]) -> dict:
         version = {"ModelName": signature.model_name, "ModelVersion": signature.version}
         rules.append({"record": "sentiment:reference_positive_rate", "expr": f"vector({number(reference['positive_rate'])})",
                       "labels": dict(version)})
+        if "estimated_accuracy" in reference:
+            rules.append({"record": "sentiment:reference_estimated_accuracy", "expr": f"vector({number(reference['estimated_accuracy'])})",
+                          "labels": dict(version)})
+            rules.append({"record": "sentiment:reference_estimated_accuracy_margin",
+                          "expr": f"vector({number(drift.estimated_accuracy_margin(reference))})", "labels": dict(version)})
+        else:
+            print(f"{signature.model_name} v{signature.version}: exported before calibration, no estimated accuracy in its reference: "
+                  "re-export it for SentimentEstimatedAccuracyDrop", file=sys.stderr)
         for key in drift.HISTOGRAMS:
             shares = drift.smoothed_shares(reference[key]["counts"])
             for le, share in zip(reference[key]["le"], shares):
@@ -118,6 +128,10 @@ def drift_rules(window: str, hold: str, positive: str = "positive") -> dict:
         f'(sum by ({BY}) (increase(SentimentPredictions{{Label="{positive}"}}[{window}]))\n'
         f" or 0 * sentiment:predictions:increase{window})\n"
         f"/ sentiment:predictions:increase{window}")})
+    # Named without its window: a promotion gate reads it beside sentiment:reference_estimated_accuracy whatever the window.
+    rules.append({"record": "sentiment:estimated_accuracy", "expr": (
+        f"sum by ({BY}) (increase(SentimentExpectedCorrect[{window}]))\n"
+        f"/ sentiment:predictions:increase{window}")})
 
     alerts = [{
         "alert": "SentimentPositiveRateDrift",
@@ -146,6 +160,21 @@ def drift_rules(window: str, hold: str, positive: str = "positive") -> dict:
                                     "0.25 significant). Check with `make drift-report`."),
                 },
             })
+    alerts.append({
+        "alert": "SentimentEstimatedAccuracyDrop",
+        "expr": ("sentiment:estimated_accuracy\n"
+                 "< sentiment:reference_estimated_accuracy - sentiment:reference_estimated_accuracy_margin\n"
+                 f"and on ({BY}) {enough}"),
+        "for": hold, "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "Sentiment v{{ $labels.ModelVersion }}: estimated accuracy {{ $value | humanizePercentage }}",
+            "description": (f"Over {window} the accuracy expected from the calibrated probabilities (mean of max(p, 1 - p)) fell "
+                            "below the test split's (sentiment:reference_estimated_accuracy) by more than chance allows at "
+                            f"{drift.MIN_COUNT} predictions (sentiment:reference_estimated_accuracy_margin): the model is less sure of "
+                            "this traffic. Check with `make drift-report`, then label a sample (`make evaluate DATA=...`). "
+                            "It cannot see labels changing meaning for the same texts."),
+        },
+    })
     alerts.append({
         "alert": "SentimentVersionWithoutReference",
         "expr": f"sentiment:predictions:increase{window} > 0\nunless on ({BY}) sentiment:reference_positive_rate",
@@ -238,15 +267,17 @@ def growth(step: float, minutes: int, restart_at: int | None = None) -> str:
     return f"0+{step}x{restart_at - 1} {step}+{step}x{minutes - restart_at}"
 
 
-def traffic(version: dict, probability: list[float], kchars: list[float], positive_share: float,
+def traffic(version: dict, probability: list[float], kchars: list[float], positive_share: float, accuracy: float,
             minutes: int, restart_at: int | None = None) -> list[dict]:
+    """A minute's predictions in bins (`probability`, `kchars`), `positive_share` of them positive, `accuracy` their estimated accuracy."""
     labels = f'ModelName="{version["ModelName"]}",ModelVersion="{version["ModelVersion"]}",Hostname="vm"'
     n = sum(probability)
     les = {key: [drift.le_label(b) for b in bounds] for key, (_, bounds) in drift.HISTOGRAMS.items()}
     return (histogram_series("SentimentProbability", labels, les["probability"], probability, minutes, restart_at)
             + histogram_series("SentimentInputKiloChars", labels, les["input_kchars"], kchars, minutes, restart_at)
             + [{"series": f'SentimentPredictions{{{labels},Label="positive"}}', "values": growth(n * positive_share, minutes, restart_at)},
-               {"series": f'SentimentPredictions{{{labels},Label="negative"}}', "values": growth(n * (1 - positive_share), minutes, restart_at)}])
+               {"series": f'SentimentPredictions{{{labels},Label="negative"}}', "values": growth(n * (1 - positive_share), minutes, restart_at)},
+               {"series": f"SentimentExpectedCorrect{{{labels}}}", "values": growth(n * accuracy, minutes, restart_at)}])
 
 
 def close_to(expr: str, value: float, labels: dict, tolerance: float = 1e-4) -> dict:
@@ -273,9 +304,10 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
     version = {"ModelName": signature.model_name, "ModelVersion": signature.version}
     probability = [float(c) for c in reference["probability"]["counts"]]
     kchars = [float(c) for c in reference["input_kchars"]["counts"]]
-    rate = reference["positive_rate"]
+    rate, accuracy = reference["positive_rate"], reference["estimated_accuracy"]
     positive_bins = [drift.parse_le(le) > signature.threshold for le in reference["probability"]["le"]]
-    alerts = ("SentimentPositiveRateDrift", "SentimentProbabilityDrift", "SentimentInputLengthDrift", "SentimentVersionWithoutReference")
+    alerts = ("SentimentPositiveRateDrift", "SentimentProbabilityDrift", "SentimentInputLengthDrift", "SentimentEstimatedAccuracyDrop",
+              "SentimentVersionWithoutReference")
     silent = [{"alertname": name, "eval_time": "60m", "exp_alerts": []} for name in alerts]
 
     def window_psi(key, per_minute):
@@ -287,10 +319,11 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
     tests.append({
         "name": "in-distribution traffic with a restart at 40m: silent, statistics unchanged by the counter reset",
         "interval": "1m",
-        "input_series": traffic(version, probability, kchars, rate, 60, restart_at=40),
+        "input_series": traffic(version, probability, kchars, rate, accuracy, 60, restart_at=40),
         "promql_expr_test": [close_to(f"sentiment:positive_rate:{window}", rate, version),
                              close_to(f"sentiment:probability_psi:{window}", window_psi("probability", probability), version),
                              close_to(f"sentiment:input_kchars_psi:{window}", window_psi("input_kchars", kchars), version),
+                             close_to("sentiment:estimated_accuracy", accuracy, version, 1e-6),
                              close_to(f"sentiment:predictions:increase{window}", 30 * sum(probability), version, 1e-6)],
         "alert_rule_test": silent,
     })
@@ -302,7 +335,7 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
     tests.append({
         "name": f"mostly negative reviews (positive rate {negative_rate:.3f}, PSI {negative_psi:.3f}): positive-rate and probability alerts fire",
         "interval": "1m",
-        "input_series": traffic(version, negative, kchars, negative_rate, 60),
+        "input_series": traffic(version, negative, kchars, negative_rate, accuracy, 60),
         "promql_expr_test": [close_to(f"sentiment:positive_rate:{window}", negative_rate, version),
                              close_to(f"sentiment:probability_psi:{window}", negative_psi, version)],
         "alert_rule_test": [
@@ -324,7 +357,7 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
     tests.append({
         "name": f"a moderate shift ({share:.0%} of negatives moved up, PSI {moderate_psi:.3f}): the probability warning only",
         "interval": "1m",
-        "input_series": traffic(version, moderate, kchars, moderate_rate, 60),
+        "input_series": traffic(version, moderate, kchars, moderate_rate, accuracy, 60),
         "promql_expr_test": [close_to(f"sentiment:probability_psi:{window}", moderate_psi, version)],
         "alert_rule_test": [
             {"alertname": "SentimentProbabilityDrift", "eval_time": "60m",
@@ -340,7 +373,7 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
     tests.append({
         "name": f"long reviews instead of snippets (PSI {long_psi:.1f}): the input-length alerts fire, nothing else",
         "interval": "1m",
-        "input_series": traffic(version, probability, long_kchars, rate, 60),
+        "input_series": traffic(version, probability, long_kchars, rate, accuracy, 60),
         "promql_expr_test": [close_to(f"sentiment:input_kchars_psi:{window}", long_psi, version, 1e-3)],
         "alert_rule_test": [
             {"alertname": "SentimentInputLengthDrift", "eval_time": "60m",
@@ -350,20 +383,34 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
             {"alertname": "SentimentPositiveRateDrift", "eval_time": "60m", "exp_alerts": []},
         ],
     })
-    # 5. The same drift on too little traffic (under MIN_COUNT predictions in the window): no verdict, silent.
+    # 5. Traffic the model is less sure of: the estimated accuracy falls by 1.5 margins (fires) or by half a margin (silent).
+    margin = drift.estimated_accuracy_margin(reference)
+    for drop, fires in ((1.5, True), (0.5, False)):
+        lower = round(accuracy - drop * margin, 3)  # a value humanizePercentage renders without a rounding tie
+        tests.append({
+            "name": f"estimated accuracy {lower} against the reference's {accuracy} (margin {margin:.4f} at {drift.MIN_COUNT} predictions): "
+                    + ("SentimentEstimatedAccuracyDrop fires" if fires else "within chance, silent"),
+            "interval": "1m",
+            "input_series": traffic(version, probability, kchars, rate, lower, 60),
+            "promql_expr_test": [close_to("sentiment:estimated_accuracy", lower, version, 1e-6)],
+            "alert_rule_test": [{"alertname": "SentimentEstimatedAccuracyDrop", "eval_time": "60m",
+                                 "exp_alerts": [expected_alert("SentimentEstimatedAccuracyDrop", "warning", version, rules, lower)] if fires else []},
+                                {"alertname": "SentimentProbabilityDrift", "eval_time": "60m", "exp_alerts": []}],
+        })
+    # 6. The same drifts on too little traffic (under MIN_COUNT predictions in the window): no verdict, silent.
     few = [c * (drift.MIN_COUNT / 2) / (30 * sum(negative)) for c in negative]
     tests.append({
         "name": f"drifted but only {drift.MIN_COUNT // 2} predictions in the window: silent",
         "interval": "1m",
-        "input_series": traffic(version, few, kchars, negative_rate, 60),
+        "input_series": traffic(version, few, kchars, negative_rate, accuracy - 3 * margin, 60),
         "alert_rule_test": silent,
     })
-    # 6. A version the rules hold no reference for.
+    # 7. A version the rules hold no reference for.
     unknown = {**version, "ModelVersion": "99"}
     tests.append({
         "name": "a served version without a reference: SentimentVersionWithoutReference",
         "interval": "1m",
-        "input_series": traffic(unknown, probability, kchars, rate, 60),
+        "input_series": traffic(unknown, probability, kchars, rate, accuracy - 3 * margin, 60),
         "alert_rule_test": [
             {"alertname": "SentimentVersionWithoutReference", "eval_time": "60m",
              "exp_alerts": [{"exp_labels": {**unknown, "severity": "warning"}, "exp_annotations": {
@@ -371,6 +418,7 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
                  "description": next(r for r in rules["groups"][0]["rules"]
                                      if r.get("alert") == "SentimentVersionWithoutReference")["annotations"]["description"]}}]},
             {"alertname": "SentimentProbabilityDrift", "eval_time": "60m", "exp_alerts": []},
+            {"alertname": "SentimentEstimatedAccuracyDrop", "eval_time": "60m", "exp_alerts": []},
         ],
     })
     return {"rule_files": ["../rules/reference.rules.yml", "../rules/drift.rules.yml"], "evaluation_interval": "1m", "tests": tests}
