@@ -2,7 +2,9 @@
 `make test`): the reference distribution in the signature, the statistics, the rules and their
 promtool unit tests, drift_report.py, and a demonstration on a private TorchServe and a private
 Prometheus (free ports, their own temp dirs, 1 s scrapes and rule evaluations, a 10 s window):
-in-distribution traffic raises no alert, only-negative reviews and long reviews do.
+in-distribution traffic raises no alert, only-negative reviews, long reviews and snippets without
+their sentiment words (a drop of the estimated accuracy) do; and the estimated-accuracy rule is the
+mean of max(p, 1 - p) over what was served.
 """
 
 import http.server
@@ -26,6 +28,7 @@ import drift
 import drift_report
 import quick_v2
 import train
+from scripts import calibration
 from local_server import ROOT, LocalTorchServe, free_port
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -341,12 +344,16 @@ def pools():
         if len(current) >= 1000:
             long_reviews.append(current.strip())
             current = ""
-    return {"in_distribution": in_distribution, "negative": negative, "long": long_reviews}
+    train_rows = train.split(len(texts))["train"]
+    words = calibration.sentiment_words([texts[i] for i in train_rows], [labels[i] for i in train_rows])
+    masked = [m for m in (calibration.masked(text, words) for text in in_distribution) if m.strip()]  # a model less sure of them
+    return {"in_distribution": in_distribution, "negative": negative, "long": long_reviews, "masked": masked}
 
 
 def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature, pools, scrape, tmp_path):
-    """Serve, watch, send in-distribution traffic (no alert), then only negative reviews and then
-    long reviews: the alerts go pending and fire, seen through Prometheus' API; drift_report agrees."""
+    """Serve, watch, send in-distribution traffic (no alert), then only negative reviews, long reviews,
+    and snippets without their sentiment words: the alerts go pending and fire, seen through
+    Prometheus' API; drift_report agrees."""
     home = Path(tempfile.mkdtemp(prefix="prometheus-demo-"))
     timings = {}
     started = time.monotonic()
@@ -384,9 +391,10 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
         psi = drift_report.by_version(prometheus.query(f"sentiment:probability_psi:{DEMO_WINDOW}"))
         rate = drift_report.by_version(prometheus.query(f"sentiment:positive_rate:{DEMO_WINDOW}"))
         n = drift_report.by_version(prometheus.query(f"sentiment:predictions:increase{DEMO_WINDOW}"))
+        estimate = drift_report.by_version(prometheus.query("sentiment:estimated_accuracy"))
         version = ("sentiment", signature.version)
         timings["in_distribution"] = {"probability_psi": psi.get(version), "positive_rate": rate.get(version),
-                                      "predictions_in_window": n.get(version)}
+                                      "estimated_accuracy": estimate.get(version), "predictions_in_window": n.get(version)}
         assert n.get(version, 0) >= drift.MIN_COUNT, timings
         assert psi[version] < drift.PSI_WARNING and abs(rate[version] - signature.reference["positive_rate"]) < drift.POSITIVE_RATE_TOLERANCE, timings
         assert not seen, f"drift alerts on in-distribution traffic: {seen}"
@@ -420,6 +428,13 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
         phase = time.monotonic()
         timings["long_reviews"] = wait_for(prometheus, [("SentimentInputLengthDrift", "warning"),
                                                         ("SentimentInputLengthDrift", "critical")], phase)
+
+        # 4. Snippets without their sentiment words: the model is less sure, its estimated accuracy falls.
+        traffic.use(pools["masked"], 64)
+        phase = time.monotonic()
+        timings["sentiment_words_masked"] = wait_for(prometheus, [("SentimentEstimatedAccuracyDrop", "warning")], phase)
+        timings["sentiment_words_masked"]["estimated_accuracy"] = drift_report.by_version(
+            prometheus.query("sentiment:estimated_accuracy")).get(version)
         assert traffic.failed == 0
         timings["total_s"] = time.monotonic() - started
     finally:
