@@ -7,7 +7,7 @@ and a PNG of live vs reference distributions.
 
 The statistics are drift.py's, the same ones the rules in deploy/prometheus/ compute in PromQL:
 the positive rate against the test split's, the population stability index (PSI) of the
-predicted probabilities and of the input lengths over TorchServe's histogram buckets, and the
+predicted probabilities and of the input lengths over their served bins (drift.HISTOGRAMS), and the
 accuracy estimated from the calibrated probabilities (mean of max(p, 1 - p)) against the test
 split's estimate. Counts are increase() over the window, so a TorchServe restart (counters back to
 0) does not distort them.
@@ -82,15 +82,10 @@ def by_version(result: list[dict], key: str | None = None) -> dict:
     return found
 
 
-def bins(cumulative: dict[str, float], le: tuple[float, ...]) -> list[float]:
-    """Bin counts (le[i-1], le[i]] from cumulative bucket counts keyed by their `le` label as served."""
-    by_bound = {drift.parse_le(label): count for label, count in cumulative.items()}
-    counts, below = [], 0.0
-    for bound in le:
-        at = by_bound.get(bound, below)
-        counts.append(max(at - below, 0.0))
-        below = at
-    return counts
+def bins(served: dict[str, float], le: tuple[float, ...]) -> list[float]:
+    """Bin counts in the order of `le`, from the served counts keyed by their `le` label (a bin never hit has none)."""
+    by_bound = {drift.parse_le(label): count for label, count in served.items()}
+    return [by_bound.get(bound, 0.0) for bound in le]
 
 
 def collect(prometheus: str, window: str, at: float | None = None) -> dict:
@@ -102,10 +97,9 @@ def collect(prometheus: str, window: str, at: float | None = None) -> dict:
     predictions = by_version(q(f"sum by ({BY}, Label) (increase(SentimentPredictions[{window}]))"), "Label")
     errors = by_version(q(f"sum by ({BY}, Kind) (increase(SentimentRequestErrors[{window}]))"), "Kind")
     expected_correct = by_version(q(f"sum by ({BY}) (increase(SentimentExpectedCorrect[{window}]))"))
-    histograms = {key: by_version(q(f"sum by ({BY}, le) (increase({metric}_bucket[{window}]))"), "le")
+    histograms = {key: by_version(q(f"sum by ({BY}, le) (increase({metric}[{window}]))"), "le")
                   for key, (metric, _) in drift.HISTOGRAMS.items()}
-    sums = {key: by_version(q(f"sum by ({BY}) (increase({metric}_sum[{window}]))"))
-            for key, (metric, _) in drift.HISTOGRAMS.items()}
+    sums = {key: by_version(q(f"sum by ({BY}) (increase({metric}[{window}]))")) for key, metric in drift.SUMS.items()}
     for version in set(predictions) | set(errors) | set().union(*histograms.values()):
         labels = predictions.get(version, {})
         entry = {"predictions": sum(labels.values()), "by_label": labels, "errors": errors.get(version, {}),

@@ -4,7 +4,7 @@ exported core and its featuriser (no TorchServe import), used by the handler and
 An explanation splits the logit into `base` (the logit with no evidence) plus one contribution per
 word, each word with its character offsets in the text the client sent:
 
-    logit = base + sum(word contributions),   probability = sigmoid(logit)
+    logit = base + sum(word contributions),   probability = calibrated sigmoid(logit) (the signature's map)
 
 v1 (NBSVM) is exact: its logit is the bias plus one term per feature, weight x naive-Bayes scale.
 Each word n-gram's term is split evenly between its words and each character n-gram's goes to its

@@ -3,8 +3,11 @@ TorchServe requires the handler module to define exactly one class)."""
 
 from ts.metrics.metric_type_enum import MetricTypes
 
+from drift import HISTOGRAMS, SUMS, bin_counts, le_label
 from payload import Parsed
 from signature import Signature
+
+UNITS = {"probability": "probability", "input_kchars": "kilocharacters"}
 
 
 class PredictionMetrics:
@@ -19,25 +22,34 @@ class PredictionMetrics:
         self.expected_correct = metrics.add_metric_to_cache("SentimentExpectedCorrect", "count", ["ModelName", "ModelVersion"], MetricTypes.COUNTER)
         # Status (the HTTP status answered) tells refused input (400) from the server's own failures (500, 503) whatever the kind.
         self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "ModelVersion", "Kind", "Status"], MetricTypes.COUNTER)
-        self.probability = metrics.add_metric_to_cache("SentimentProbability", "probability", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
-        # In thousands of characters: TorchServe's fixed Prometheus buckets (0.005 ... 10) then span 5 to 10,000 characters.
-        self.input_kchars = metrics.add_metric_to_cache("SentimentInputKiloChars", "kilocharacters", ["ModelName", "ModelVersion"], MetricTypes.HISTOGRAM)
+        # The distributions of the answered probabilities and input lengths (in thousands of characters: the bins
+        # 0.005 ... 10 span 5 to 10,000 characters) as counts per bin (drift.HISTOGRAMS) and sums: one update
+        # a batch for each bin hit, where a histogram would take one a text (drift.py says what that cost).
+        self.bins = {key: metrics.add_metric_to_cache(name, UNITS[key], ["ModelName", "ModelVersion", "le"], MetricTypes.COUNTER)
+                     for key, (name, _) in HISTOGRAMS.items()}
+        self.sums = {key: metrics.add_metric_to_cache(name, UNITS[key], ["ModelName", "ModelVersion"], MetricTypes.COUNTER)
+                     for key, name in SUMS.items()}
 
     def record(self, parsed: list[Parsed], signature: Signature) -> None:
         model = [signature.model_name, signature.version]
         labels = {label: 0 for label in signature.labels}
-        expected_correct = 0.0
+        values = {key: [] for key in HISTOGRAMS}
         for request in parsed:
             if request.error is not None:
                 self.errors.add_or_update(1, [*model, request.error.kind, str(request.error.status)])
                 continue
-            for text, probability, label in zip(request.texts, request.probabilities, request.labels):
+            for label in request.labels:
                 labels[label] += 1
-                expected_correct += max(probability, 1 - probability)
-                self.probability.add_or_update(probability, model)
-                self.input_kchars.add_or_update(len(text) / 1000, model)
+            values["probability"] += request.probabilities
+            values["input_kchars"] += [len(text) / 1000 for text in request.texts]
         for label, count in labels.items():
             if count:
                 self.predictions.add_or_update(count, [*model, label])
-        if any(labels.values()):
-            self.expected_correct.add_or_update(expected_correct, model)
+        if not values["probability"]:
+            return
+        self.expected_correct.add_or_update(sum(max(p, 1 - p) for p in values["probability"]), model)
+        for key, (_, bounds) in HISTOGRAMS.items():
+            for bound, count in zip(bounds, bin_counts(values[key], bounds)):
+                if count:
+                    self.bins[key].add_or_update(count, [*model, le_label(bound)])
+            self.sums[key].add_or_update(sum(values[key]), model)

@@ -253,7 +253,7 @@ def test_explanation_and_predictions_in_one_batch_each_get_their_own_answer(v1_h
         assert set(answer) == {"label", "probability", "model_version", "base", "logit", "method", "completeness_error", "tokens"}
         assert answer["method"] == "exact" and answer["completeness_error"] < 1e-5
         assert answer["base"] + math.fsum(t["contribution"] for t in answer["tokens"]) == pytest.approx(answer["logit"], abs=1e-9)
-        assert abs(1 / (1 + math.exp(-answer["logit"])) - answer["probability"]) < 5e-6
+        assert abs(signature.calibrate(1 / (1 + math.exp(-answer["logit"]))) - answer["probability"]) < 5e-6
     assert single["probability"] == prediction["probability"] == listed[0]["probability"]
     assert plain_explained["probability"] == plain["probability"] == listed[1]["probability"]
     assert [(t["token"], POSITIVE[t["start"] : t["end"]]) for t in single["tokens"]][:3] == [("a", "A"), ("gorgeous", "gorgeous"), (",", ",")]

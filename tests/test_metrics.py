@@ -3,6 +3,7 @@ evaluate.py scores the served model exactly as the exported core scores through 
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import requests
 import torch
 
+import drift
 import evaluate
 import train
 from local_server import ROOT
@@ -37,11 +39,11 @@ def test_prediction_metrics_count_exactly_what_was_served(server, signature, scr
         "wrong_type": lambda s: s.value("SentimentRequestErrors", **model, Kind="wrong_type", Status="400"),
         "missing_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="missing_text", Status="400"),
         "empty_text": lambda s: s.value("SentimentRequestErrors", **model, Kind="empty_text", Status="400"),
-        "probability_count": lambda s: s.value("SentimentProbability", "_count", **model),
-        "probability_sum": lambda s: s.value("SentimentProbability", "_sum", **model),
+        "probability_count": lambda s: s.value("SentimentProbabilityBin", **model),  # all its bins
+        "probability_sum": lambda s: s.value("SentimentProbabilitySum", **model),
         "expected_correct": lambda s: s.value("SentimentExpectedCorrect", **model),
-        "kchars_count": lambda s: s.value("SentimentInputKiloChars", "_count", **model),
-        "kchars_sum": lambda s: s.value("SentimentInputKiloChars", "_sum", **model),
+        "kchars_count": lambda s: s.value("SentimentInputKiloCharsBin", **model),
+        "kchars_sum": lambda s: s.value("SentimentInputKiloCharsSum", **model),
     }
     before = scrape(server)
     before = {key: read(before) for key, read in watched.items()}
@@ -64,18 +66,22 @@ def test_prediction_metrics_count_exactly_what_was_served(server, signature, scr
 
 
 def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_metrics):
-    """The model's own families as README documents them: three counters and two histograms, each labelled
-    with ModelName and ModelVersion, the histograms on TorchServe's fixed buckets (above 1 empty for a
-    probability). This test sends what makes each series appear, so it does not rely on earlier tests."""
+    """The model's own families as README documents them: counters, each labelled with ModelName and
+    ModelVersion; the distributions as one counter per bin (`le`, the bin's upper bound, drift.HISTOGRAMS:
+    none above 1 for a probability) and one of their sums. This test sends what makes each series appear,
+    so it does not rely on earlier tests."""
     model = {"ModelName": signature.model_name, "ModelVersion": signature.version}
+
+    def in_bins(s, family: str, upto: float) -> float:
+        return sum(b.value for b in s.samples(family, **model) if drift.parse_le(b.labels["le"]) <= upto)
 
     def read(s):
         return {
             "positive": s.value("SentimentPredictions", **model, Label="positive"),
             "negative": s.value("SentimentPredictions", **model, Label="negative"),
             "null_byte": s.value("SentimentRequestErrors", **model, Kind="null_byte"),
-            **{f"{family}{le}": s.value(family, "_bucket", **model, le=le)
-               for family in ("SentimentProbability", "SentimentInputKiloChars") for le in ("0.5", "1.0", "+Inf")},
+            **{f"{family}<={upto}": in_bins(s, family, upto)
+               for family in ("SentimentProbabilityBin", "SentimentInputKiloCharsBin") for upto in (0.5, 1.0, math.inf)},
         }
 
     before = read(scrape(server))
@@ -84,29 +90,22 @@ def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_met
     assert [p["label"] for p in answer.json()["predictions"]] == ["positive", "negative"], answer.text
     assert served(server, {"text": "nul\u0000"}).json()["kind"] == "null_byte"
     after = await_metrics(server, lambda s: {k: v - before[k] for k, v in read(s).items()},
-                          {"positive": 1, "negative": 1, "null_byte": 1, "SentimentProbability+Inf": 2})
+                          {"positive": 1, "negative": 1, "null_byte": 1, "SentimentProbabilityBin<=inf": 2})
     assert after == {
         "positive": 1, "negative": 1, "null_byte": 1,
-        # probabilities: the negative one is <= 0.5, both are <= 1 (the buckets above 1 stay empty)
-        "SentimentProbability0.5": 1, "SentimentProbability1.0": 2, "SentimentProbability+Inf": 2,
+        # probabilities: the negative one is <= 0.5, both are <= 1
+        "SentimentProbabilityBin<=0.5": 1, "SentimentProbabilityBin<=1.0": 2, "SentimentProbabilityBin<=inf": 2,
         # input lengths in thousands of characters: both texts are under 500 characters
-        "SentimentInputKiloChars0.5": 2, "SentimentInputKiloChars1.0": 2, "SentimentInputKiloChars+Inf": 2,
+        "SentimentInputKiloCharsBin<=0.5": 2, "SentimentInputKiloCharsBin<=1.0": 2, "SentimentInputKiloCharsBin<=inf": 2,
     }
 
     metrics = scrape(server)
-    for name, kind in (("SentimentPredictions", "counter"), ("SentimentRequestErrors", "counter"), ("SentimentExpectedCorrect", "counter"),
-                       ("SentimentProbability", "histogram"), ("SentimentInputKiloChars", "histogram")):
-        assert metrics.type(name) == kind, name
-        assert metrics.samples(name, "_count" if kind == "histogram" else "", **model), name
-    for family in ("SentimentProbability", "SentimentInputKiloChars"):
-        buckets = metrics.samples(family, "_bucket", **model)
-        bounds = [float(b.labels["le"]) for b in buckets]
-        assert bounds == sorted(bounds) and bounds[-1] == float("inf") and len(bounds) > 10, family
-        counts = [b.value for b in buckets]
-        assert counts == sorted(counts), f"{family} buckets are not cumulative"
-        assert counts[-1] == metrics.value(family, "_count", **model), family
-    probability_above_1 = [b.value for b in metrics.samples("SentimentProbability", "_bucket", **model) if float(b.labels["le"]) >= 1]
-    assert len(set(probability_above_1)) == 1, "a probability fell into a bucket above 1"
+    for name in ("SentimentPredictions", "SentimentRequestErrors", "SentimentExpectedCorrect", *drift.SUMS.values(),
+                 *(name for name, _ in drift.HISTOGRAMS.values())):
+        assert metrics.type(name) == "counter" and metrics.samples(name, **model), name
+    for family, bounds in drift.HISTOGRAMS.values():
+        served_bounds = {drift.parse_le(b.labels["le"]) for b in metrics.samples(family, **model)}
+        assert served_bounds <= set(bounds), (family, served_bounds)  # the reference's bins, none above 1 for a probability
 
 
 # --- evaluate.py ----------------------------------------------------------------------------------

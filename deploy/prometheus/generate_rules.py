@@ -104,12 +104,10 @@ def drift_rules(window: str, hold: str, positive: str = "positive") -> dict:
     for key, (metric, bounds) in drift.HISTOGRAMS.items():
         labels = [drift.le_label(b) for b in bounds]
         bins = f"sentiment:{key}_bin:increase{window}"
-        for i, le in enumerate(labels):
-            cumulative = f'sum by ({BY}) (increase({metric}_bucket{{le=~"{le_regex(le)}"}}[{window}]))'
-            if i:
-                below = f'sum by ({BY}) (increase({metric}_bucket{{le=~"{le_regex(labels[i - 1])}"}}[{window}]))'
-                cumulative = f"clamp_min(\n  {cumulative}\n  - {below},\n  0)"
-            rules.append({"record": bins, "expr": cumulative, "labels": {"le": le}})
+        for le in labels:
+            # `or`: a bin no text has fallen in yet has no series at all, and counts 0
+            count = f'sum by ({BY}) (increase({metric}{{le=~"{le_regex(le)}"}}[{window}]))'
+            rules.append({"record": bins, "expr": f"{count}\nor 0 * sentiment:predictions:increase{window}", "labels": {"le": le}})
         total = f"sentiment:{key}:increase{window}"
         share = f"sentiment:{key}_share:{window}"
         rules.append({"record": total, "expr": f"sum by ({BY}) ({bins})"})
@@ -250,14 +248,12 @@ def latency_rules(model: str, thresholds: dict[str, dict]) -> dict:
 
 # --- promtool unit tests ------------------------------------------------------------------------
 
-def histogram_series(metric: str, labels: str, les: list[str], per_minute: list[float], minutes: int,
-                     restart_at: int | None = None) -> list[dict]:
-    """Cumulative bucket series growing by `per_minute` bin counts; TorchServe restarts (counters reset) at `restart_at`."""
-    series, cumulative = [], 0.0
-    for le, count in zip(les, per_minute):
-        cumulative += count
-        series.append({"series": f'{metric}_bucket{{{labels},le="{le}"}}', "values": growth(cumulative, minutes, restart_at)})
-    return series
+def bin_series(metric: str, labels: str, les: list[str], per_minute: list[float], minutes: int,
+               restart_at: int | None = None) -> list[dict]:
+    """A counter per bin growing by its `per_minute` count (none for a bin never hit, as served); TorchServe
+    restarts (counters reset) at `restart_at`."""
+    return [{"series": f'{metric}{{{labels},le="{le}"}}', "values": growth(count, minutes, restart_at)}
+            for le, count in zip(les, per_minute) if count]
 
 
 def growth(step: float, minutes: int, restart_at: int | None = None) -> str:
@@ -272,9 +268,9 @@ def traffic(version: dict, probability: list[float], kchars: list[float], positi
     """A minute's predictions in bins (`probability`, `kchars`), `positive_share` of them positive, `accuracy` their estimated accuracy."""
     labels = f'ModelName="{version["ModelName"]}",ModelVersion="{version["ModelVersion"]}",Hostname="vm"'
     n = sum(probability)
-    les = {key: [drift.le_label(b) for b in bounds] for key, (_, bounds) in drift.HISTOGRAMS.items()}
-    return (histogram_series("SentimentProbability", labels, les["probability"], probability, minutes, restart_at)
-            + histogram_series("SentimentInputKiloChars", labels, les["input_kchars"], kchars, minutes, restart_at)
+    served = {"probability": probability, "input_kchars": kchars}
+    return ([series for key, (metric, bounds) in drift.HISTOGRAMS.items()
+             for series in bin_series(metric, labels, [drift.le_label(b) for b in bounds], served[key], minutes, restart_at)]
             + [{"series": f'SentimentPredictions{{{labels},Label="positive"}}', "values": growth(n * positive_share, minutes, restart_at)},
                {"series": f'SentimentPredictions{{{labels},Label="negative"}}', "values": growth(n * (1 - positive_share), minutes, restart_at)},
                {"series": f"SentimentExpectedCorrect{{{labels}}}", "values": growth(n * accuracy, minutes, restart_at)}])
