@@ -255,6 +255,15 @@ def test_make_promote_runs_the_gate_after_make_monitor():
     assert "promote.py --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
 
 
+def test_a_missing_precondition_changes_nothing(stack, tmp_path):
+    ts = stack["ts"]
+    decision, record = promote.main(["--candidate", "9", "--management", ts.management, "--model-store", str(stack["store"]),
+                                     "--records", str(tmp_path)])
+    assert (decision, promote.EXIT[decision]) == ("nothing done", 2)
+    assert "sentiment_v9.mar does not exist" in record["error"] and Path(record["path"]).exists()
+    assert served(ts) == ("1", ["1"])
+
+
 def test_bake_psi_is_the_drift_rules_psi_over_any_window(stack, data):
     """promote.psi_query over the rules' window gives the PSI the drift rules recorded, at the times they were
     evaluated (a scrape landing during an evaluation can differ: most must match)."""
