@@ -6,8 +6,11 @@ BIN        := $(VENV)/bin
 MODEL_NAME := sentiment
 VERSION    ?= 1
 SEED       ?= $(VERSION)
-# v1 is the NBSVM (train.py, seconds); v2 the fine-tuned transformer (train_transformer.py, ~25 minutes on 2 busy cores).
-TRANSFORMER := $(filter-out 1,$(VERSION))
+# VERSION=2 is the fine-tuned transformer (train_transformer.py, ~25 minutes on 2 busy cores), any other the NBSVM
+# (train.py, seconds); ARCH says otherwise, e.g. `make archive VERSION=3 ARCH=nbsvm TRAIN_ARGS="--fresh fresh.csv"`.
+ARCH       ?= $(if $(filter 2,$(VERSION)),transformer,nbsvm)
+TRANSFORMER := $(filter transformer,$(ARCH))
+BESIDE_V1  := $(filter-out 1,$(VERSION))  # `make serve VERSION=N` serves v1 beside it
 TRAINER    := $(if $(TRANSFORMER),train_transformer.py,train.py)
 TRAIN_ARGS ?=
 BUILD      ?= build/v$(VERSION)
@@ -83,14 +86,14 @@ archive: $(MAR) ## model_store/sentiment.mar (VERSION=2: sentiment_v2.mar, the t
 
 # VERSION=2 serves v1 and v2 side by side, v2 the default (/predictions/sentiment/1 keeps working).
 serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
-	$(if $(TRANSFORMER),$(MAKE) --no-print-directory archive VERSION=1)
+	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1)
 	mkdir -p logs
 	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties --log-config log4j2.xml \
-		$(if $(TRANSFORMER),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
+		$(if $(BESIDE_V1),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
 		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1 || { cat logs/console.log; exit 1; }
 	@for i in $$(seq 180); do \
 		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION) | grep -q '"status": "READY"' && { \
-			$(if $(TRANSFORMER),curl -sf -X PUT $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
+			$(if $(BESIDE_V1),curl -sf -X PUT $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
 			echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME) (default version $(VERSION))"; exit 0; }; \
 		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
 

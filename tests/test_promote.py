@@ -71,8 +71,8 @@ def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
 
 
 def archive(folder: Path, train_args: str) -> Path:
-    """`make archive VERSION=3` with v1's trainer (TRANSFORMER empty) and v1's seed, into `folder`."""
-    subprocess.run(["make", "-s", "archive", f"VERSION={CANDIDATE}", "TRANSFORMER=", "SEED=1", f"BUILD={folder}", f"STORE={folder}",
+    """`make archive VERSION=3 ARCH=nbsvm` (v1's trainer) with v1's seed, into `folder`."""
+    subprocess.run(["make", "-s", "archive", f"VERSION={CANDIDATE}", "ARCH=nbsvm", "SEED=1", f"BUILD={folder}", f"STORE={folder}",
                     f"TRAIN_ARGS={train_args}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return folder / f"sentiment_v{CANDIDATE}.mar"
 
