@@ -142,7 +142,7 @@ def regression(body, content_type=JSON, version="1", explain=False) -> Request:
     return Request(path(version, explain), raw, content_type, None)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(st.lists(odd_requests, min_size=1, max_size=4))
 # Found before the fixes of issue 18, kept as regression cases:

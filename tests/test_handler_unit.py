@@ -281,5 +281,8 @@ def test_prediction_metrics_are_emitted(handler, context, caplog):
     assert any(line.startswith("[METRICS]SentimentPredictions.") and "Label:positive" in line for line in lines)
     assert any(line.startswith("[METRICS]SentimentPredictions.") and "Label:negative" in line for line in lines)
     assert any(line.startswith("[METRICS]SentimentRequestErrors.") and "Kind:wrong_type" in line for line in lines)
-    assert sum(line.startswith("[METRICS]SentimentProbability.") for line in lines) == 2
+    # the two texts' probabilities as bin counts, one line a bin hit (a histogram took one line a text)
+    bins = [line for line in lines if line.startswith("[METRICS]SentimentProbabilityBin.")]
+    assert sum(float(line.split(":", 1)[1].split("|", 1)[0]) for line in bins) == 2 and 1 <= len(bins) <= 2, bins
+    assert sum(line.startswith("[METRICS]SentimentProbabilitySum.") for line in lines) == 1
     assert any(line.startswith("[METRICS]HandlerTime.") for line in lines)
