@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import quick_v2
-from bench.loadgen import JSON, PLAIN_TEXT, Outcome, Request, send_all
+from bench.loadgen import JSON, PLAIN_TEXT, Outcome, Request
 from explain import max_texts as explain_max_texts
 from local_server import ROOT, LocalTorchServe
 from model_def import predict_proba
