@@ -96,7 +96,7 @@ def reference_distribution(probabilities: list[float], texts: list[str], signatu
             name: bin_counts([p for p, y in zip(rounded, labels) if y == value], PROBABILITY_LE)
             for value, name in enumerate(signature.labels)
         }
-    confidence = [max(p, 1 - p) for p in rounded]
+    confidence = confidences(rounded)
     mean_confidence = sum(confidence) / n
     return {
         "source": "held-out test split",
@@ -111,9 +111,15 @@ def reference_distribution(probabilities: list[float], texts: list[str], signatu
     }
 
 
+def confidences(probabilities: list[float]) -> list[float]:
+    """How likely each answer is right if its calibrated probability p is: max(p, 1 - p). Summed, the
+    expected number of right answers (the handler's SentimentExpectedCorrect)."""
+    return [max(p, 1 - p) for p in probabilities]
+
+
 def estimated_accuracy(probabilities: list[float]) -> float:
-    """The expected accuracy of answers with these calibrated probabilities: the mean of max(p, 1 - p)."""
-    return sum(max(p, 1 - p) for p in probabilities) / len(probabilities)
+    """The expected accuracy of answers with these calibrated probabilities: the mean of their confidences."""
+    return sum(confidences(probabilities)) / len(probabilities)
 
 
 def estimate_error(probabilities: list[float]) -> float:

@@ -152,7 +152,8 @@ def main() -> None:
 
     test_texts = held_out_texts(metrics)
     eager = predict_proba(model, test_texts, encoder)
-    restored = predict_proba(torch.jit.load(str(args.out / signature.model_file)), test_texts, encoder)
+    scripted = torch.jit.load(str(args.out / signature.model_file))  # the core as a worker restores it
+    restored = predict_proba(scripted, test_texts, encoder)
     onnx = predict_proba(OnnxCore(args.out / signature.onnx_file, signature), test_texts, encoder)
     tolerance = PARITY_TOLERANCE[signature.architecture]
     for name, probs in (("torchscript", restored), ("onnx", onnx)):
@@ -166,7 +167,7 @@ def main() -> None:
     log.info("calibration on %d validation texts: served probability = sigmoid(%.4f * logit %+.4f)",
              len(validation_labels), signature.calibration["slope"], signature.calibration["intercept"])
     signature.reference = reference_distribution(eager.tolist(), test_texts, signature)  # what monitoring compares traffic with
-    signature.seconds_per_text = seconds_per_text(torch.jit.load(str(args.out / signature.model_file)), encoder, signature)
+    signature.seconds_per_text = seconds_per_text(scripted, encoder, signature)
     log.info("costliest admissible text: %.1f ms on one thread", signature.seconds_per_text * 1000)
     signature.save(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())

@@ -3,7 +3,7 @@ TorchServe requires the handler module to define exactly one class)."""
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from drift import HISTOGRAMS, SUMS, bin_counts, le_label
+from drift import HISTOGRAMS, SUMS, bin_counts, confidences, le_label
 from payload import Parsed
 from signature import Signature
 
@@ -47,7 +47,7 @@ class PredictionMetrics:
                 self.predictions.add_or_update(count, [*model, label])
         if not values["probability"]:
             return
-        self.expected_correct.add_or_update(sum(max(p, 1 - p) for p in values["probability"]), model)
+        self.expected_correct.add_or_update(sum(confidences(values["probability"])), model)
         for key, (_, bounds) in HISTOGRAMS.items():
             for bound, count in zip(bounds, bin_counts(values[key], bounds)):
                 if count:

@@ -210,7 +210,7 @@ def open_loop_summary(results: list[Scheduled], rate: float, seconds: float, wit
         "offered_rps": round(rate, 1), "sent": len(results), "answered_ok": len(ok),
         "goodput_rps": round(sum(t <= within for t in ok) / seconds, 1),
         "latency_ms": {**latency_ms(ok), "p99_9": None if not ok else round(percentile(ok, 99.9) * 1000, 3)},
-        "refused": len(refused), "refused_latency_ms": latency_ms(sorted(refused)),
+        "refused": len(refused), "refused_latency_ms": latency_ms(refused),
         "timed_out_or_failed": len(results) - len(ended), "errors_by_kind": kinds,
         "ended_within_s": within, "ended_within_share": round(sum(r.outcome.seconds <= within for r in ended) / max(len(results), 1), 5),
         "client_send_lag_ms": {"p50": round(percentile(lags, 50) * 1000, 2), "p99": round(percentile(lags, 99) * 1000, 2)} if lags else None,
