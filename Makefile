@@ -10,7 +10,9 @@ SEED       ?= $(VERSION)
 # (train.py, seconds); ARCH says otherwise, e.g. `make archive VERSION=3 ARCH=nbsvm TRAIN_ARGS="--fresh fresh.csv"`.
 ARCH       ?= $(if $(filter 2,$(VERSION)),transformer,nbsvm)
 TRANSFORMER := $(filter transformer,$(ARCH))
-BESIDE_V1  := $(filter-out 1,$(VERSION))  # `make serve VERSION=N` serves v1 beside it
+# `make serve VERSION=N` serves v1 beside it. Comments stay on their own lines: make keeps the blanks
+# before a trailing comment in the value, and a blank is not empty to $(if).
+BESIDE_V1  := $(filter-out 1,$(VERSION))
 TRAINER    := $(if $(TRANSFORMER),train_transformer.py,train.py)
 TRAIN_ARGS ?=
 BUILD      ?= build/v$(VERSION)
@@ -21,16 +23,25 @@ MAR_NAME   := $(if $(filter 1,$(VERSION)),$(MODEL_NAME),$(MODEL_NAME)_v$(VERSION
 MAR        := $(STORE)/$(MAR_NAME).mar
 PRETRAINED := build/pretrained
 SERVED_CODE := handler.py payload.py prediction_metrics.py drift.py text.py model_def.py signature.py explain.py
-INFERENCE  := http://127.0.0.1:8080
-MANAGEMENT := http://127.0.0.1:8081
-METRICS    := http://127.0.0.1:8082
+# The ports of `make serve` (config.properties holds the same defaults; other values are written into a
+# copy of it under LOGS, e.g. `make serve INFERENCE_PORT=18080` when 8080 is taken).
+INFERENCE_PORT  ?= 8080
+MANAGEMENT_PORT ?= 8081
+METRICS_PORT    ?= 8082
+INFERENCE  := http://127.0.0.1:$(INFERENCE_PORT)
+MANAGEMENT := http://127.0.0.1:$(MANAGEMENT_PORT)
+METRICS    := http://127.0.0.1:$(METRICS_PORT)
+LOGS       ?= logs
 PROMETHEUS := http://127.0.0.1:9090
 PROM_HOME  := logs/prometheus
-REFERENCE_EXPORTS ?= build/v1/export  # versions whose reference distribution the committed drift rules hold (make rules)
+# versions whose reference distribution the committed drift rules hold (make rules)
+REFERENCE_EXPORTS ?= build/v1/export
 # TS_FRONTEND is in the command line of TorchServe's frontend (torchserve --stop checks it too);
 # `make stop` waits STOP_WAIT seconds for each server to exit.
 TS_FRONTEND := org.pytorch.serve.ModelServer
 STOP_WAIT  ?= 20
+# where `torchserve --start` writes the frontend's pid: $TMPDIR (or /tmp)/.model_server.pid
+TS_PID_FILE = $(or $(TMPDIR),/tmp)/.model_server.pid
 WINDOW     ?= 30m
 N          ?= 2
 MINUTES    ?= 5
@@ -85,17 +96,20 @@ $(MAR): $(EXPORT)/signature.json $(SERVED_CODE) $(MODEL_CONFIG)
 archive: $(MAR) ## model_store/sentiment.mar (VERSION=2: sentiment_v2.mar, the transformer)
 
 # VERSION=2 serves v1 and v2 side by side, v2 the default (/predictions/sentiment/1 keeps working).
-serve: archive ## start TorchServe on 127.0.0.1:8080-8082 and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
-	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1)
-	mkdir -p logs
-	LOG_LOCATION=logs METRICS_LOCATION=logs $(BIN)/torchserve --start --ncs --ts-config config.properties --log-config log4j2.xml \
+serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT) and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
+	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1 STORE=$(STORE))
+	mkdir -p $(LOGS)
+	sed -e 's|^inference_address=.*|inference_address=$(INFERENCE)|' -e 's|^management_address=.*|management_address=$(MANAGEMENT)|' \
+		-e 's|^metrics_address=.*|metrics_address=$(METRICS)|' -e 's|^model_store=.*|model_store=$(STORE)|' config.properties > $(LOGS)/config.properties
+	LOG_LOCATION=$(LOGS) METRICS_LOCATION=$(LOGS) $(BIN)/torchserve --start --ncs --ts-config $(LOGS)/config.properties --log-config log4j2.xml \
 		$(if $(BESIDE_V1),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
-		$(if $(filter on,$(MODEL_API)),--enable-model-api) > logs/console.log 2>&1 || { cat logs/console.log; exit 1; }
+		$(if $(filter on,$(MODEL_API)),--enable-model-api) > $(LOGS)/console.log 2>&1 || { cat $(LOGS)/console.log; exit 1; }
 	@for i in $$(seq 180); do \
 		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION) | grep -q '"status": "READY"' && { \
 			$(if $(BESIDE_V1),curl -sf -X PUT $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
 			echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME) (default version $(VERSION))"; exit 0; }; \
-		sleep 1; done; echo "TorchServe did not become healthy; see logs/ts_log.log"; exit 1
+		kill -0 $$(cat "$(TS_PID_FILE)" 2>/dev/null) 2>/dev/null || { echo "TorchServe exited while starting:"; break; }; \
+		sleep 1; done; tail -20 $(LOGS)/ts_log.log 2>/dev/null; echo "TorchServe did not become healthy; see $(LOGS)/ts_log.log"; exit 1
 
 # alive PID MARK: PID runs (not a zombie) with MARK in its command line; gone PID MARK: waits STOP_WAIT s for it to end.
 stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`); fails if TorchServe has not exited after STOP_WAIT (20) s
@@ -104,10 +118,10 @@ stop: ## stop TorchServe started by `make serve` (and Prometheus started by `mak
 	pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
 	if [ -n "$$pid" ] && alive $$pid prometheus; then kill $$pid; gone $$pid prometheus || kill -9 $$pid; echo "Prometheus stopped"; fi; \
 	rm -f $(PROM_HOME)/prometheus.pid; \
-	pid=$$(cat "$$($(PY) -c 'import tempfile; print(tempfile.gettempdir())')/.model_server.pid" 2>/dev/null); \
+	pid=$$(cat "$(TS_PID_FILE)" 2>/dev/null); \
 	$(BIN)/torchserve --stop; \
 	if [ -n "$$pid" ] && ! gone $$pid $(TS_FRONTEND); then \
-		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see logs/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi
+		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see $(LOGS)/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
 	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
