@@ -97,7 +97,8 @@ archive: $(MAR) ## model_store/sentiment.mar (VERSION=2: sentiment_v2.mar, the t
 
 # VERSION=2 serves v1 and v2 side by side, v2 the default (/predictions/sentiment/1 keeps working).
 serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT) and wait until it answers (VERSION=2: v2 default, v1 beside it; MODEL_API=on: allow registering versions)
-	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1 STORE=$(STORE))
+	@# v1's own build: command-line variables (BUILD, ARCH, TRAIN_ARGS, SEED) would otherwise pass down to it
+	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1 BUILD=build/v1 ARCH=nbsvm SEED=1 TRAIN_ARGS= STORE=$(STORE))
 	mkdir -p $(LOGS)
 	sed -e 's|^inference_address=.*|inference_address=$(INFERENCE)|' -e 's|^management_address=.*|management_address=$(MANAGEMENT)|' \
 		-e 's|^metrics_address=.*|metrics_address=$(METRICS)|' -e 's|^model_store=.*|model_store=$(STORE)|' config.properties > $(LOGS)/config.properties
