@@ -42,6 +42,8 @@ TS_FRONTEND := org.pytorch.serve.ModelServer
 STOP_WAIT  ?= 20
 # where `torchserve --start` writes the frontend's pid: $TMPDIR (or /tmp)/.model_server.pid
 TS_PID_FILE = $(or $(TMPDIR),/tmp)/.model_server.pid
+# where TorchServe unpacks each archive it registers (one folder a registration, kept after it stops)
+TS_MODELS = $(or $(TMPDIR),/tmp)/models
 WINDOW     ?= 30m
 N          ?= 2
 MINUTES    ?= 5
@@ -113,6 +115,7 @@ serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAG
 		sleep 1; done; tail -20 $(LOGS)/ts_log.log 2>/dev/null; echo "TorchServe did not become healthy; see $(LOGS)/ts_log.log"; exit 1
 
 # alive PID MARK: PID runs (not a zombie) with MARK in its command line; gone PID MARK: waits STOP_WAIT s for it to end.
+# It also removes the archives TorchServe unpacked for that server's workers (their working folders under TS_MODELS).
 stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`); fails if TorchServe has not exited after STOP_WAIT (20) s
 	@alive() { s=$$(ps -p $$1 -o stat=,args= 2>/dev/null); case "$$s" in Z*|"") return 1;; *"$$2"*) return 0;; *) return 1;; esac; }; \
 	gone() { for i in $$(seq $$(( $(STOP_WAIT) * 5 ))); do alive $$1 "$$2" || return 0; sleep 0.2; done; ! alive $$1 "$$2"; }; \
@@ -120,9 +123,11 @@ stop: ## stop TorchServe started by `make serve` (and Prometheus started by `mak
 	if [ -n "$$pid" ] && alive $$pid prometheus; then kill $$pid; gone $$pid prometheus || kill -9 $$pid; echo "Prometheus stopped"; fi; \
 	rm -f $(PROM_HOME)/prometheus.pid; \
 	pid=$$(cat "$(TS_PID_FILE)" 2>/dev/null); \
+	unpacked=$$([ -n "$$pid" ] && for w in $$(pgrep -P $$pid); do readlink /proc/$$w/cwd; done | grep "^$(TS_MODELS)/" | sort -u); \
 	$(BIN)/torchserve --stop; \
 	if [ -n "$$pid" ] && ! gone $$pid $(TS_FRONTEND); then \
-		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see $(LOGS)/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi
+		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see $(LOGS)/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi; \
+	rm -rf $$unpacked
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
 	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
@@ -196,11 +201,18 @@ drift-report: install-dev ## live vs reference distributions per model version f
 
 # README's loop from the canary on, as one run of promote.py (its docstring says why each step): the archive of
 # CANDIDATE registered beside the default, both scored on labels neither trained on, a bake on the monitor's Prometheus,
-# then set-default or roll back. Needs `make serve MODEL_API=on`; exits 1 when it rolls back.
+# then set-default or roll back. Needs `make serve MODEL_API=on`. make exits 0 promoted, 2 otherwise (make's status for any
+# failed recipe; the last line says which: rolled back, promote.py's 1, or nothing done, its 2).
 promote: monitor ## canary CANDIDATE=N (model_store/sentiment_vN.mar): scores (FRESH=fresh.csv), a BAKE (600 s) on Prometheus, then promote or roll back; evidence in build/promotions/
 	@test -n "$(CANDIDATE)" || { echo "usage: make promote CANDIDATE=N [FRESH=fresh.csv] [BAKE=seconds]" >&2; exit 2; }
 	$(PY) promote.py --candidate $(CANDIDATE) --inference $(INFERENCE) --management $(MANAGEMENT) --metrics $(METRICS) \
-		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) $(if $(BAKE),--bake $(BAKE))
+		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) $(if $(BAKE),--bake $(BAKE)) \
+		|| { s=$$?; echo "make promote: $$([ $$s = 1 ] && echo 'rolled back' || echo 'nothing done') (promote.py exit $$s; make itself exits 2)" >&2; exit $$s; }
 
-clean: ## remove build outputs and archives
+# and the archives TorchServe unpacked for sentiment that no running process works in (make stop removes its server's own)
+clean: ## remove build outputs and archives, and sentiment's unpacked archives no TorchServe uses any more
 	rm -rf build logs model_store/*.mar
+	@used=$$(readlink /proc/[0-9]*/cwd 2>/dev/null | grep "^$(TS_MODELS)/" | sort -u); \
+	for d in $(TS_MODELS)/*/; do d=$${d%/}; \
+		grep -qs '"modelName": "$(MODEL_NAME)"' "$$d/MAR-INF/MANIFEST.json" && ! echo "$$used" | grep -qxF "$$d" && rm -rf "$$d" && echo "removed $$d"; \
+	done; true

@@ -42,21 +42,40 @@ ROOT = Path(__file__).resolve().parent
 MODULES = ("batch_predict.py", "payload.py", "signature.py", "text.py", "model_def.py")  # what the workers import
 CORRUPT = "_corrupt_record"  # Spark's column for rows it could not parse: they are marked as bad, never dropped
 FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
+LOOPBACK = "127.0.0.1"
+
+
+def check_target(target: str) -> None:
+    """Spark writes a folder and replaces what is there: only the folder of an earlier Spark run (its
+    _SUCCESS) is replaced, saying so; a file (batch_predict.py's output of the same name) or another
+    folder is refused."""
+    path = Path(target)
+    if "://" in target or not path.exists():
+        return
+    if path.is_dir() and (path / "_SUCCESS").exists():
+        print(f"{target}: replacing the output folder of an earlier Spark run", file=sys.stderr)
+        return
+    kind = "a folder that is no Spark output" if path.is_dir() else "a file"
+    raise SystemExit(f"{target} exists and is {kind}; Spark would replace it with its output folder: remove it or choose another OUT")
 
 
 def local_session(master: str = "local[*]") -> SparkSession:
     """A Spark session whose Python workers run this interpreter (the venv with torch).
 
     Starting Spark is what changes the process, never importing this module (other modules and the
-    tests import it): PYSPARK_PYTHON is set here, unless already set, because SparkContext reads the
-    workers' interpreter from it; and PySpark's warning about pandas is silenced from here on: the
+    tests import it): PYSPARK_PYTHON (and, for a local master, SPARK_LOCAL_IP) is set here, unless
+    already set, because SparkContext reads the workers' interpreter (and the address to bind) from it; and PySpark's warning about pandas is silenced from here on: the
     project pins pandas 3, which PySpark 4.3 works with (tests/test_spark.py checks the results) but
     warns about on every call."""
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    builder = SparkSession.builder.master(master).appName("sentiment-batch")
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # on loopback, like the rest of the project: else Spark binds the host's first non-loopback address
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+        builder = builder.config("spark.driver.host", LOOPBACK).config("spark.driver.bindAddress", LOOPBACK)
     spark = (
-        SparkSession.builder.master(master).appName("sentiment-batch")
+        builder
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()
@@ -145,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--master", default="local[*]", help="Spark master (default: local[*])")
     parser.add_argument("--partitions", type=int, help="repartition the input first (default: as Spark reads it)")
     args = parser.parse_args(argv)
+    check_target(args.output)
+    if "://" not in args.input and not Path(args.input).exists():
+        raise SystemExit(f"{args.input}: no such file or folder (samples/ has inputs to try; their columns: docs/batch.md)")
 
     spark = local_session(args.master)
     try:

@@ -38,6 +38,10 @@ from sklearn.model_selection import StratifiedKFold
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts import need  # noqa: E402
+
+need()  # matplotlib, before the imports below
+
 import drift  # noqa: E402
 from bench.provenance import RESULTS, Provenance  # noqa: E402
 from export import fit_calibration  # noqa: E402
@@ -173,6 +177,7 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, default=ROOT / "build" / "v1" / "export")
     parser.add_argument("--allow-dirty", action="store_true", help="measure on an uncommitted tree (results go to bench/results/tmp/)")
     args = parser.parse_args()
+    need(args.artifact / "signature.json", build="make export" + (" VERSION=2" if "v2" in str(args.artifact) else ""))
     run = Provenance(allow_dirty=args.allow_dirty)
     torch.set_num_threads(2)
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.provenance import RESULTS, Provenance  # noqa: E402
+from scripts import need  # noqa: E402
 from signature import Signature  # noqa: E402
 from text import WordPieceEncoder  # noqa: E402
 from train import load_dataset, split  # noqa: E402
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, default=ROOT / "build" / "v2" / "export")
     parser.add_argument("--allow-dirty", action="store_true", help="measure on an uncommitted tree (results go to bench/results/tmp/)")
     args = parser.parse_args()
+    need(args.artifact / "signature.json", build="make export VERSION=2", modules=())
     torch.set_num_threads(2)
     run = Provenance(allow_dirty=args.allow_dirty)
 

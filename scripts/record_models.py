@@ -15,6 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts import need  # noqa: E402
+
+need()  # before evaluate's requests
+
 from bench.provenance import RESULTS, Provenance  # noqa: E402
 from evaluate import evaluate_served, held_out_test_split  # noqa: E402
 from local_server import LocalTorchServe  # noqa: E402
@@ -45,6 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--allow-dirty", action="store_true")
     args = parser.parse_args()
+    need(*(ROOT / "build" / f"v{v}" / name for v in VERSIONS for name in ("metrics.json", "export/signature.json")),
+         *(ROOT / "model_store" / mar for mar in VERSIONS.values()), build="make archive && make archive VERSION=2")
     run = Provenance(allow_dirty=args.allow_dirty)
 
     report = {version: offline(version, mar) for version, mar in VERSIONS.items()}

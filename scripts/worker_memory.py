@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.provenance import RESULTS, Provenance  # noqa: E402
+from scripts import need  # noqa: E402
 
 # Run in a fresh interpreter: each step's RSS (MB) after it, in load order.
 STEPS = """
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path, default=ROOT / "build" / "v1" / "export")
     parser.add_argument("--allow-dirty", action="store_true")
     args = parser.parse_args()
+    need(args.export / "signature.json", build="make export")
     run = Provenance(allow_dirty=args.allow_dirty)
     code = f"ROOT, EXPORT = {str(ROOT)!r}, {str(args.export)!r}\n" + STEPS
     steps = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout)
