@@ -89,8 +89,11 @@ def make_serve(tmp: Path, *args: str):
         server.processes = server.started_processes()
         yield server
     finally:
-        if (server.tmpdir / ".model_server.pid").exists():
-            server.processes = server.processes or server.started_processes()
+        if not server.processes and (server.tmpdir / ".model_server.pid").exists():
+            try:
+                server.processes = server.started_processes()
+            except psutil.NoSuchProcess:  # it exited on its own (e.g. refused its configuration)
+                pass
         if server.alive():
             server.make("stop", timeout=60)
             for process in server.alive():
