@@ -42,8 +42,9 @@ TS_FRONTEND := org.pytorch.serve.ModelServer
 STOP_WAIT  ?= 20
 # where `torchserve --start` writes the frontend's pid: $TMPDIR (or /tmp)/.model_server.pid
 TS_PID_FILE = $(or $(TMPDIR),/tmp)/.model_server.pid
-# where TorchServe unpacks each archive it registers (one folder a registration, kept after it stops)
-TS_MODELS = $(or $(TMPDIR),/tmp)/models
+# where TorchServe unpacks each archive it registers (one folder a registration, kept after it stops): the
+# JVM's temp dir, $TEMP (which torchserve passes to it as java.io.tmpdir) or /tmp
+TS_MODELS = $(or $(TEMP),/tmp)/models
 WINDOW     ?= 30m
 N          ?= 2
 MINUTES    ?= 5
