@@ -35,7 +35,7 @@ SKIPPED = [
     (r"^kubectl ", "needs a Kubernetes cluster"),
     (r"^make test\b", "the whole suite, which this test is part of"),
     (r"^make (monitor|drift-report|promote)\b|^make archive VERSION=3 |--version 3\b", PROMETHEUS),
-    (r"^make (bench|overload|soak|chaos)\b|bench/run\.py|bench/batch_bench\.py|scripts/(worker_memory|calibration)\.py", MEASUREMENT),
+    (r"^make (bench|overload|soak|chaos)\b|bench/run\.py|bench/batch_bench\.py|scripts/calibration\.py", MEASUREMENT),
     (r"^make serve\b", "the walk's server, started by README's `make serve`, is up"),
     (r"^make stop\b", "run once, after the last page"),
 ]
@@ -44,15 +44,20 @@ NEEDS_V2 = r"scripts/(record_models|long_reviews)\.py"
 
 
 def bash_lines(page: str) -> list[str]:
-    """The page's command lines, without their trailing comments."""
-    return [re.sub(r"\s+#.*$", "", line.strip()) for language, body in blocks(without_comments(TEXT[page])) if language == "bash"
+    """The page's command lines, as written (comments too)."""
+    return [line.strip() for language, body in blocks(without_comments(TEXT[page])) if language == "bash"
             for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def uncommented(line: str) -> str:
+    return re.sub(r"\s+#.*$", "", line)
 
 
 @dataclass
 class Step:
     page: str
-    command: str
+    line: str  # as the page writes it; `command` is without its comment
+    command: str = ""
     skipped: str = ""
     returncode: int | None = None
     stdout: str = ""
@@ -84,7 +89,9 @@ class Clone:
         return subprocess.run(["git", "ls-files"], cwd=self.root, capture_output=True, text=True, check=True).stdout.split()
 
     def status(self) -> str:
-        return subprocess.run(["git", "status", "--porcelain"], cwd=self.root, capture_output=True, text=True, check=True).stdout
+        """What a results script's dirty-tree check sees (bench/provenance.py: bench/results/ is its output, not counted)."""
+        return subprocess.run(["git", "status", "--porcelain", "--", ".", ":!bench/results"], cwd=self.root, capture_output=True,
+                              text=True, check=True).stdout
 
     def rewrite(self, command: str) -> str:
         """The walk's ports: in URLs, and as the Makefile's port variables of a make command."""
@@ -111,14 +118,14 @@ def run_step(clone: Clone, step: Step) -> Step:
 def walk(tmp_path_factory):
     """`make serve`, then every page's commands in order, then `make stop`; the clone and its record."""
     clone = Clone(tmp_path_factory.mktemp("docs"))
-    served = run_step(clone, Step("README.md", "make serve"))
+    served = run_step(clone, Step("README.md", "make serve", "make serve"))
     steps = []
     try:
         assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
         for page in PAGES:
             for command in bash_lines(page):
-                step = Step(page, command)
-                step.skipped = next((reason for pattern, reason in SKIPPED if re.search(pattern, command)), "")
+                step = Step(page, command, uncommented(command))
+                step.skipped = next((reason for pattern, reason in SKIPPED if re.search(pattern, step.command)), "")
                 steps.append(step if step.skipped else run_step(clone, step))
         yield clone, served, steps
     finally:
@@ -233,3 +240,22 @@ def test_make_stop_removes_what_torchserve_unpacked(walk):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert list(models.iterdir()) == []
     assert clone.status() == ""
+
+
+def test_measurements_say_how_long_they_take():
+    """Issue 29.5: each measurement that the walk leaves out, on the pages of the benchmarks and batch
+    scoring, says on its line how long it takes (`bench/run.py --quick`, a "smoke test", took 349 s)."""
+    lines = [line for page in ("docs/benchmark.md", "docs/batch.md") for line in bash_lines(page)
+             if next((reason for pattern, reason in SKIPPED if re.search(pattern, uncommented(line))), "") == MEASUREMENT]
+    assert len(lines) >= 4, lines
+    for line in lines:
+        assert re.search(r"#.*\d+(-\d+)? ?(s|min)\b", line), f"no duration: {line}"
+
+
+def test_numbers_say_which_run_and_how_runs_vary():
+    """Issue 29.5: the worker's memory and the batch throughput, which a later run measured well off the
+    page's numbers, say which run they are from and how much another run got."""
+    benchmark, batch = TEXT["docs/benchmark.md"], TEXT["docs/batch.md"]
+    assert re.search(r"303 MB before the first request\. Runs differ by tens of MB.*357 MB", " ".join(benchmark.split()))
+    assert re.search(r"12,297 rows/s.*vary.*8,105 rows/s", " ".join(batch.split()))
+    assert "~2 minutes" not in (ROOT / "bench" / "batch_bench.py").read_text()
