@@ -22,7 +22,7 @@ MODEL_CONFIG := $(if $(TRANSFORMER),model-config-v2.yaml,model-config.yaml)
 MAR_NAME   := $(if $(filter 1,$(VERSION)),$(MODEL_NAME),$(MODEL_NAME)_v$(VERSION))
 MAR        := $(STORE)/$(MAR_NAME).mar
 PRETRAINED := build/pretrained
-SERVED_CODE := handler.py payload.py prediction_metrics.py drift.py text.py model_def.py signature.py explain.py
+SERVED_CODE := handler.py payload.py prediction_metrics.py drift.py text.py model_def.py signature.py explain.py worst_case.py
 # The ports of `make serve` (config.properties holds the same defaults; other values are written into a
 # copy of it under LOGS, e.g. `make serve INFERENCE_PORT=18080` when 8080 is taken).
 INFERENCE_PORT  ?= 8080

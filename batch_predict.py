@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from model_def import predict_proba
-from payload import BadRequest, check_text, labelled
+from payload import BadRequest, answer_chars, check_text, labelled
 from signature import SIGNATURE_FILE, Signature, load_encoder
 
 BUILD = Path(__file__).resolve().parent / "build"
@@ -150,26 +150,26 @@ class Endpoint:
 
     def explain(self, texts: list[str]) -> list[list[dict]]:
         """The server's explanations, in requests of as many texts and characters as the served version
-        explains at once (explain.max_texts, Signature.max_explain_chars)."""
+        explains at once (explain.max_texts, Signature.max_explain_chars of payload.answer_chars)."""
         from explain import max_texts
 
         if "/predictions/" not in self.url:
             raise SystemExit(f"--explain with --endpoint needs a .../predictions/<model> URL (its /explanations/ twin is asked), got {self.url}")
-        requests = chunks(texts, max_texts(self.signature), self.signature.max_explain_chars)
+        requests = chunks(texts, max_texts(self.signature), self.signature.max_explain_chars, answer_chars)
         with ThreadPoolExecutor(self.workers) as pool:
             return [tokens for chunk in pool.map(self.post_explain, requests) for tokens in chunk]
 
 
-def chunks(texts: list[str], size: int, max_chars: int | None = None) -> list[list[str]]:
-    """`texts` in order, in requests of at most `size` texts and `max_chars` characters together (or of
-    one text, which a request may always hold: Signature.max_chars is below max_explain_chars)."""
+def chunks(texts: list[str], size: int, max_chars: int | None = None, length=len) -> list[list[str]]:
+    """`texts` in order, in requests of at most `size` texts and `max_chars` of their `length` together (or
+    of one text, which a request may always hold: Signature.max_chars is below max_explain_chars)."""
     out, chars = [], 0
     for text in texts:
-        if not out or len(out[-1]) == size or (max_chars is not None and chars + len(text) > max_chars):
+        if not out or len(out[-1]) == size or (max_chars is not None and chars + length(text) > max_chars):
             out.append([])
             chars = 0
         out[-1].append(text)
-        chars += len(text)
+        chars += length(text)
     return out
 
 

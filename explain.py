@@ -35,9 +35,6 @@ from text import Encoder, WordPieceEncoder, blank_tags, ngrams, token_spans
 # and 0.85; 8: 1.1 and 5.4): README, "Explanations". model-config.yaml's `handler: {explain_steps: N}` overrides it.
 STEPS = 32
 MAX_ROWS = 16  # path points per forward/backward pass: bounds memory (rows x 256 pieces x 384 x 6 layers)
-# Texts per explanation request: v1 as many as a prediction, within Signature.max_explain_chars in all; v2 few,
-# since a long review costs seconds (one TorchServe batch of explanations must end within responseTimeout).
-MAX_TEXTS = {TRANSFORMER: 2}
 
 
 @dataclass
@@ -118,6 +115,10 @@ class NbsvmExplainer:
         words = [Word(token, start, end, c) for (token, start, end), c in zip(spans, contributions)]
         return Explanation(self.base, logit, words, self.method)
 
+    def probe(self) -> tuple["NbsvmExplainer", int]:
+        """What worst_case.measure_cost times, and by what it multiplies that: itself, once."""
+        return self, 1
+
 
 class IntegratedGradientsExplainer:
     """v2: Integrated Gradients on the input embeddings, summed from word pieces to words."""
@@ -164,6 +165,12 @@ class IntegratedGradientsExplainer:
             attributions = ((x - baseline) * gradient).sum(-1)[0, 1:-1].double().tolist()  # [CLS]/[SEP] are the baseline's: 0
         return Explanation(base, logit, words_of(pieces, attributions), self.method)
 
+    def probe(self) -> tuple["IntegratedGradientsExplainer", int]:
+        """What worst_case.measure_cost times, and by what it multiplies that: a one-step explanation (the
+        text's and the baseline's forward pass, one forward and backward pass on the path) x `steps`, an upper
+        bound on the `steps`-point one (which adds steps - 1 path passes, batched, to the same two forwards)."""
+        return IntegratedGradientsExplainer(self.core, self.encoder, 1), self.steps
+
 
 def words_of(pieces: list[tuple[str, int, int, tuple[int, int]]], attributions: list[float]) -> list[Word]:
     """Word pieces -> words: consecutive pieces of one word joined ("##" dropped), their attributions summed."""
@@ -181,7 +188,7 @@ def words_of(pieces: list[tuple[str, int, int, tuple[int, int]]], attributions: 
 
 def max_texts(signature: Signature) -> int:
     """Texts one explanation request may hold (a `texts` list over it is answered 400 too_many_texts)."""
-    return min(MAX_TEXTS.get(signature.architecture, signature.max_texts), signature.max_texts)
+    return signature.max_explain_texts
 
 
 def explainer_for(core, encoder, signature: Signature, steps: int | None = None):

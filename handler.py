@@ -14,11 +14,12 @@ import time
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from explain import explainer_for, max_texts
+from explain import explainer_for
 from model_def import predict_proba
 from payload import JSON, BadRequest, Parsed, RequestError, Unavailable, answer_all, encoded, explanation_body, parse_request, response_body
 from prediction_metrics import PredictionMetrics
 from signature import Signature, load_encoder
+from worst_case import measure_cost
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 # because workers, not threads, use the cores (more threads only contend with the other workers).
 TORCH_THREADS = 1
 # A batch may spend this share of the model's responseTimeout: its requests are admitted while their
-# estimated cost (Signature.estimated_seconds, measured by export) fits, and no retry pass or
+# estimated cost (worst_case.Cost, measured by the worker at start on its host) fits, and no retry pass or
 # explanation starts after it. The rest is margin for a loaded machine: a batch that outruns the
 # timeout restarts the worker and fails every request in it. What is not admitted gets 503 (retry).
 BATCH_BUDGET = 1 / 3
@@ -45,10 +46,12 @@ class SentimentHandler(BaseHandler):
         # model-config.yaml's `handler: {explain_steps: N}` overrides v2's Integrated Gradients steps (explain.STEPS).
         self.explainer = explainer_for(self.model, self.encoder, self.signature, settings.get("explain_steps"))
         self.budget = float(model_config.get("responseTimeout", 120)) * BATCH_BUDGET  # 120 s: TorchServe's default
+        self.cost = measure_cost(self.forward, self.explainer, self.signature)
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
-        log.info("loaded %s v%s (%s, %d torch threads)", self.signature.model_name, self.signature.version,
-                 self.signature.architecture, torch.get_num_threads())
+        log.info("loaded %s v%s (%s, %d torch threads); costliest text %.1f ms, its explanation %.1f ms more",
+                 self.signature.model_name, self.signature.version, self.signature.architecture, torch.get_num_threads(),
+                 self.cost.prediction * 1000, self.cost.explanation * 1000)
 
     def _is_explain(self) -> bool:
         """Never for the whole batch. BaseHandler.handle routes a whole batch to explain_handle when its
@@ -65,10 +68,12 @@ class SentimentHandler(BaseHandler):
             body = row.get("body", row.get("data")) if isinstance(row, dict) else row
             explain = self.is_explanation(idx)
             try:
-                request = parse_request(body, self.request_content_type(idx, row), self.signature,
-                                        *((max_texts(self.signature), self.signature.max_explain_chars) if explain else ()))
+                request = parse_request(body, self.request_content_type(idx, row), self.signature, explain)
             except BadRequest as error:
                 request = Parsed(error=error)
+            except Exception as error:  # any other failure to read this request is its own 400, never its batch's 503
+                log.exception("request %d could not be parsed", idx)
+                request = Parsed(error=BadRequest("invalid_request", f"request could not be read: {type(error).__name__}: {error}"[:500]))
             request.explain = explain
             parsed.append(request)
         log.info("batch of %d requests, %d explanations", len(parsed), sum(request.explain for request in parsed))  # tests read the mix
@@ -96,13 +101,13 @@ class SentimentHandler(BaseHandler):
         return parsed
 
     def admit(self, requests: list[Parsed]) -> list[Parsed]:
-        """The requests, in order, whose estimated cost fits the batch's budget (the first always does:
-        one request of max_texts costliest texts is well within it); the others are answered 503 before
-        any work. TorchServe sizes batches by count, not cost: 32 requests of 64 long texts would take
-        v1 ~30 s against its 10 s timeout."""
+        """The requests, in order, whose estimated cost (predictions and explanations, by normalised length)
+        fits the batch's budget (the first always does: one admissible request is well within it); the others
+        are answered 503 before any work. TorchServe sizes batches by count, not cost: 32 requests of 64 long
+        texts would take v1 ~30 s against its 10 s timeout."""
         admitted, spent = [], 0.0
         for request in requests:
-            cost = self.signature.estimated_seconds(request.texts)
+            cost = self.cost.seconds(self.signature, request.texts, request.explain)
             if admitted and spent + cost > self.budget:
                 request.error = Unavailable("batch_budget", f"this batch's other requests use its {self.budget:.0f} s budget: retry")
                 continue
@@ -167,4 +172,5 @@ class SentimentHandler(BaseHandler):
         for idx, request in enumerate(parsed):
             self.context.set_response_content_type(idx, JSON)
             answers.append(encoded((explanation_body if request.explain else response_body)(request, self.signature)))
+        log.info("batch answered in %.2f s (budget %.1f s)", time.monotonic() - self.batch_started, self.budget)  # tests read it
         return answers

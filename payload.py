@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from signature import Signature
-from text import normalized_length_bound
+from text import normalized_length_bound, tokenize
 
 JSON, PLAIN_TEXT = "application/json", "text/plain"
 
@@ -64,19 +64,26 @@ class Parsed:
         return self
 
 
-def parse_request(body, content_type: str | None, signature: Signature, max_texts: int | None = None,
-                  max_total_chars: int | None = None) -> Parsed:
-    """Texts of one request body; BadRequest (naming what is wrong) if it is not usable. `max_texts`
-    lowers signature.max_texts and `max_total_chars` bounds all texts together (an explanation costs
-    more than a prediction, and its answer grows with its words)."""
-    parsed = _parse(body, content_type, signature, max_texts)
-    if max_total_chars is not None and (total := sum(map(len, parsed.texts))) > max_total_chars:
-        raise BadRequest("explanation_too_long", f"an explanation request may hold {max_total_chars} characters in all, "
-                                                 f"got {total}: send fewer or shorter texts per request")
+def parse_request(body, content_type: str | None, signature: Signature, explain: bool = False) -> Parsed:
+    """Texts of one request body; BadRequest (naming what is wrong) if it is not usable. An explanation
+    request (`explain`) may hold signature.max_explain_texts texts and max_explain_chars characters of
+    words in all (answer_chars): it costs more than a prediction, and its answer lists every word."""
+    parsed = _parse(body, content_type, signature, signature.max_explain_texts if explain else signature.max_texts)
+    if explain and (total := sum(map(answer_chars, parsed.texts))) > signature.max_explain_chars:
+        raise BadRequest("explanation_too_long", f"an explanation request may hold {signature.max_explain_chars} characters of "
+                                                 f"words in all, once normalised, got {total}: send fewer or shorter texts per request")
     return parsed
 
 
-def _parse(body, content_type: str | None, signature: Signature, max_texts: int | None) -> Parsed:
+def answer_chars(text: str) -> int:
+    """The characters of the words an explanation of `text` lists, as the model reads them: normalised
+    ("…" reads as "...", three words), so more than `len(text)` where HTML entities or compatibility forms
+    expand. Each word costs the answer a record and each character up to a 7-byte escape (ts_properties);
+    v2 lists at most max_length - 2 words (of word pieces) a text, and max_explain_texts (2) texts: far less."""
+    return sum(map(len, tokenize(text)))
+
+
+def _parse(body, content_type: str | None, signature: Signature, max_texts: int) -> Parsed:
     content_type = (content_type or "").split(";")[0].strip().lower()
     if content_type not in (JSON, PLAIN_TEXT):
         raise BadRequest(
@@ -96,7 +103,7 @@ def _parse(body, content_type: str | None, signature: Signature, max_texts: int 
         if content_type == JSON:
             try:
                 body = json.loads(body)
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # JSONDecodeError, or a number past Python's digit limit ("Exceeds the limit (4300 digits)")
                 raise BadRequest("invalid_json", f"body is not valid JSON: {e}") from None
             except RecursionError:
                 raise BadRequest("invalid_json", "body is not valid JSON: nested too deeply") from None
@@ -114,7 +121,7 @@ def _parse(body, content_type: str | None, signature: Signature, max_texts: int 
     return Parsed(check_texts(body["texts"], "texts", signature, max_texts), form="texts")
 
 
-def parse_v2(body: dict, signature: Signature, max_texts: int | None = None) -> Parsed:
+def parse_v2(body: dict, signature: Signature, max_texts: int) -> Parsed:
     """KServe v2: the texts are the `data` of the input named "text" (datatype BYTES, shape [n])."""
     inputs = body["inputs"]
     named = [i for i in inputs if isinstance(i, dict) and i.get("name") == "text"] if isinstance(inputs, list) else []
@@ -125,10 +132,9 @@ def parse_v2(body: dict, signature: Signature, max_texts: int | None = None) -> 
                   request_id=check_unicode(request_id, "id") if isinstance(request_id, str) else None)
 
 
-def check_texts(texts, where: str, signature: Signature, max_texts: int | None = None) -> list[str]:
+def check_texts(texts, where: str, signature: Signature, max_texts: int) -> list[str]:
     if not isinstance(texts, list):
         raise BadRequest("wrong_type", f"{where} must be a list of strings, got {type(texts).__name__}")
-    max_texts = min(max_texts or signature.max_texts, signature.max_texts)
     if not 1 <= len(texts) <= max_texts:
         raise BadRequest("too_many_texts", f"{where} must hold 1 to {max_texts} strings, got {len(texts)}")
     return [check_text(t, f"{where}[{i}]", signature) for i, t in enumerate(texts)]

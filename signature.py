@@ -15,6 +15,10 @@ ONNX_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
 NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
+# Texts a request may hold, per version, written into the signature by export.py. v2's are few: with 2
+# workers on 2 cores its forward pass costs ~55 ms a text of max_length tokens and an explanation STEPS + 2
+# passes, and a batch (model-config-v2.yaml: batchSize 8) must end well within its responseTimeout.
+LIMITS = {NBSVM: {"max_texts": 64, "max_explain_texts": 64}, TRANSFORMER: {"max_texts": 16, "max_explain_texts": 2}}
 TRANSFORMER_INPUTS = [
     {"name": "input_ids", "dtype": "int64", "shape": ["batch", "length"], "doc": "WordPiece ids, [CLS] ... [SEP], padded with 0"},
     {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "length"], "doc": "1 for a real token, 0 for padding"},
@@ -34,13 +38,18 @@ class Signature:
     architecture: str = NBSVM
     labels: tuple = ("negative", "positive")
     threshold: float = 0.5
-    max_chars: int = 10_000  # per text; long film reviews run to ~14k characters, rt-polarity snippets to ~270
-    max_texts: int = 64  # per request in {"texts": [...]}
-    max_explain_chars: int = 40_000  # all texts of one explanation request together: bounds its answer (max_response_size)
-    # The cost of the costliest admissible text (worst_case.py) in seconds, one thread, measured by export.py in a
-    # full forward pass; a text of `full_cost_chars` characters or more may cost that much, a shorter one its share.
-    # The handler admits a batch's requests only while their estimated cost fits its share of responseTimeout.
-    seconds_per_text: float = 0.0
+    # The limits and cost model, in one place: export writes them here (per version: LIMITS), the handler,
+    # batch_predict, ts_properties (config.properties' sizes) and docs/api.md read them back.
+    max_chars: int = 10_000  # per text, as sent and once normalised; long film reviews run to ~14k characters
+    max_texts: int = 64  # per prediction request in {"texts": [...]} or a KServe v2 input
+    max_explain_texts: int = 64  # per explanation request
+    # The characters of the words an explanation request's answer lists, all its texts together: the tokens
+    # the model reads after normalisation (explain.answer_chars), not the characters sent ("…" reads as "...",
+    # three words). A word has at least one character, so this bounds the answer (ts_properties.max_response_bytes).
+    max_explain_chars: int = 40_000
+    # A text costs its share of the costliest admissible text (worst_case.py) in proportion to its normalised
+    # length, up to all of it from `full_cost_chars` on (v1: max_chars; v2: max_length tokens). The seconds are
+    # measured by each worker at start, on its host (worst_case.measure_cost), not shipped in the archive.
     full_cost_chars: int = 10_000
     model_file: str = MODEL_FILE
     onnx_file: str = ONNX_FILE
@@ -75,12 +84,6 @@ class Signature:
         p = min(max(probability, CALIBRATION_CLIP), 1 - CALIBRATION_CLIP)
         z = self.calibration["slope"] * math.log(p / (1 - p)) + self.calibration["intercept"]
         return 1 / (1 + math.exp(-z))
-
-    def estimated_seconds(self, texts: list[str]) -> float:
-        """An upper bound on the forward cost of `texts` (one thread, no other load): cost grows with a
-        text's length up to `full_cost_chars` (v1: all of max_chars; v2: max_length tokens, which need at
-        least as many characters)."""
-        return self.seconds_per_text * sum(min(1.0, len(text) / self.full_cost_chars) for text in texts)
 
     def save(self, folder: Path) -> None:
         (Path(folder) / SIGNATURE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -11,19 +11,23 @@ PER_TEXT_FRAMING = 16  # quotes, comma and pretty-printing whitespace around eac
 ENVELOPE = 64 * 1024  # everything else: keys, a KServe v2 input's name/datatype/shape, its id, whitespace
 
 
-# An explanation answer (compact JSON: payload.encoded) lists each word the model read, at most one per
-# character of the normalised text: {"token":"…","start":10000,"end":10000,"contribution":-1.2345678901234567e-05},
-# in 79 bytes plus the word's characters at up to 6 bytes each (a control character's \u0001 escape).
-MAX_EXPLANATION_BYTES_PER_CHAR = 79 + 6
+# An explanation answer lists each word the model read (payload.answer_chars counts their characters,
+# Signature.max_explain_chars bounds them) as {"token":"…","start":10000,"end":10000,"contribution":-1.2345678901234567e-308}.
+# Compact JSON (payload.encoded) takes 79 bytes a word plus up to 6 a character (a control character's
+# \u0001 escape); a KServe v2 answer carries each explanation as a JSON string inside the JSON, escaped twice:
+# 97 bytes a word (its quotes escaped, ", " and ": " separators) plus up to 7 a character (\\u0001).
+MAX_EXPLANATION_BYTES_PER_WORD = 97
+MAX_EXPLANATION_BYTES_PER_CHAR = 7
 PER_ANSWER_FRAMING = 512  # label, probability, version, base, logit, method and completeness error of one text
 
 
-def max_response_bytes(max_texts: int, max_explain_chars: int) -> int:
+def max_response_bytes(max_explain_texts: int, max_explain_chars: int) -> int:
     """The largest answer within the signature's limits: an explanation request of max_explain_chars
-    characters in all (predictions are far smaller). TorchServe's max_response_size must be at least
-    this: a larger answer makes the frontend close the worker ("Message size exceed limit") and every
-    request batched with it fails."""
-    return max_explain_chars * MAX_EXPLANATION_BYTES_PER_CHAR + max_texts * PER_ANSWER_FRAMING + ENVELOPE
+    characters of words in all (predictions are far smaller), each word at least one character. TorchServe's
+    max_response_size must be at least this: a larger answer makes the frontend close the worker
+    ("Message size exceed limit") and every request batched with it fails."""
+    return (max_explain_chars * (MAX_EXPLANATION_BYTES_PER_WORD + MAX_EXPLANATION_BYTES_PER_CHAR)
+            + max_explain_texts * PER_ANSWER_FRAMING + ENVELOPE)
 
 
 def max_request_bytes(max_texts: int, max_chars: int) -> int:

@@ -1,6 +1,7 @@
-"""The costliest admissible inputs: what export.py measures a text's cost on (Signature.seconds_per_text),
-and what the tests send through a real server to show that no admissible request or batch outruns
-the response timeout or the response size limit.
+"""The costliest admissible inputs and what they cost: each worker measures, at start and on its own host,
+the seconds of the costliest text (`measure_cost`), and the handler admits a batch's requests by that
+estimate (`Cost.seconds`); the tests send these inputs through a real server to show that no admissible
+request or batch outruns the response timeout or the response size limit.
 
 Measured on v1 (one thread, 64 texts of 10,000 characters): words of random CJK ideographs 19 ms a
 text, random accented Latin words 18, random ASCII words 14, a real review 5, "!" x 10,000 7. Words
@@ -9,8 +10,11 @@ n-grams. v2 reads at most max_length tokens whatever the text, and such words gi
 """
 
 import random
+import time
+from dataclasses import dataclass
 
 from signature import Signature
+from text import normalized_length_bound
 
 CJK = [chr(c) for c in range(0x4E00, 0x9FA6)]
 ACCENTED = list("áéíóúàèìòùâêîôûäëïöüñçåøæ")
@@ -36,3 +40,46 @@ def largest_explanation_text(signature: Signature) -> str:
     """The text whose explanation answer is the largest per character: one token per character, each
     written as a 6-byte JSON escape (a control character; it is not whitespace, so each is a token)."""
     return "\x01" * min(signature.max_chars, signature.max_explain_chars)
+
+
+# A measurement repeats until its timed runs add up to this: three periods of the kernel's CPU bandwidth
+# control (cgroup cpu.max / cfs_period_us, 100 ms), so that a CPU quota shows in it and not only bursts
+# within one period's quota. Worker start grows by about twice this (predictions, explanations).
+MEASURE_SECONDS = 0.3
+MIN_REPEATS = 3
+
+
+@dataclass
+class Cost:
+    """Seconds of the costliest admissible text on this worker's host, one thread, as measured at its start."""
+
+    prediction: float  # its share of a forward pass
+    explanation: float  # its explanation, on top of the prediction (v2: steps x a one-step one, explain.py)
+
+    def seconds(self, signature: Signature, texts: list[str], explain: bool) -> float:
+        """An upper bound on a request's work: each text its share of the costliest one, by the length the
+        model reads (normalised: text.normalized_length_bound) up to all of it from full_cost_chars on."""
+        per_text = self.prediction + (self.explanation if explain else 0.0)
+        return per_text * sum(min(1.0, normalized_length_bound(text) / signature.full_cost_chars) for text in texts)
+
+
+def measure_cost(forward, explainer, signature: Signature, seed: int = 0) -> Cost:
+    """`forward(texts)` and `explainer` timed on costliest texts, after one untimed warm-up each (TorchScript
+    optimises on its first calls): the mean over at least MIN_REPEATS runs and MEASURE_SECONDS. Fresh texts
+    every run, because the featuriser caches words."""
+    rng = random.Random(seed)
+    prediction = _mean_seconds(lambda: costliest_texts(signature, 2, rng.randrange(1 << 30)), forward) / 2
+    probe, times = explainer.probe()
+    explanation = _mean_seconds(lambda: costliest_text(signature, rng), probe) * times
+    return Cost(prediction, explanation)
+
+
+def _mean_seconds(make, run) -> float:
+    run(make())
+    spent, repeats = 0.0, 0
+    while repeats < MIN_REPEATS or spent < MEASURE_SECONDS:
+        inputs = make()
+        started = time.perf_counter()
+        run(inputs)
+        spent, repeats = spent + time.perf_counter() - started, repeats + 1
+    return spent / repeats

@@ -519,21 +519,20 @@ def table_row(page: str, label: str) -> list[str]:
 
 
 def test_limits_table_is_the_code():
-    import explain
-    import export
+    from signature import LIMITS
 
     default = {name: f.default for name, f in Signature.__dataclass_fields__.items()}
-    v1_texts, v2_texts = default["max_texts"], export.TRANSFORMER_MAX_TEXTS
-    explain_texts = [min(explain.MAX_TEXTS.get(arch, n), n) for arch, n in (("nbsvm", v1_texts), ("transformer", v2_texts))]
+    v1_texts, v2_texts = LIMITS["nbsvm"]["max_texts"], LIMITS["transformer"]["max_texts"]
+    explain_texts = [LIMITS[arch]["max_explain_texts"] for arch in ("nbsvm", "transformer")]
     properties = read_properties(ROOT / "config.properties")
     request, response = int(properties["max_request_size"]), int(properties["max_response_size"])
-    assert request == max_request_bytes(v1_texts, default["max_chars"]) and response == max_response_bytes(v1_texts, default["max_explain_chars"])
+    assert request == max_request_bytes(v1_texts, default["max_chars"]) and response == max_response_bytes(explain_texts[0], default["max_explain_chars"])
     configs = [yaml.safe_load((ROOT / name).read_text()) for name in ("model-config.yaml", "model-config-v2.yaml")]
     page = "docs/api.md"
     assert table_row(page, "characters per text (`max_chars`)")[:2] == [f"{default['max_chars']:,}"] * 2
     assert table_row(page, "texts per request (`max_texts`)")[:2] == [str(v1_texts), str(v2_texts)]
-    assert table_row(page, "texts per explanation request")[:2] == [str(n) for n in explain_texts]
-    assert table_row(page, "characters per explanation request, all texts together (`max_explain_chars`)")[:2] == \
+    assert table_row(page, "texts per explanation request (`max_explain_texts`)")[:2] == [str(n) for n in explain_texts]
+    assert table_row(page, "characters of the words read per explanation request, all texts together (`max_explain_chars`)")[:2] == \
         [f"{default['max_explain_chars']:,}"] * 2
     assert table_row(page, "request body, bytes (`max_request_size`)")[:2] == [f"{request:,}"] * 2
     assert table_row(page, "answer, bytes (`max_response_size`)")[:2] == [f"{response:,}"] * 2
