@@ -12,6 +12,7 @@ worker needs only torch and tokenizers, and so TorchScript and ONNX export it as
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,13 +50,14 @@ def predict_proba(core, texts: list[str], encoder) -> torch.Tensor:
     return probabilities
 
 
-def naive_bayes_scale(bags: list[list[int]], labels: list[int], vocab_size: int, alpha: float = 1.0) -> torch.Tensor:
-    """log(p(feature|positive) / p(feature|negative)) from presence counts, smoothed by `alpha`."""
-    counts = torch.full((2, vocab_size), alpha, dtype=torch.float64)
-    for bag, label in zip(bags, labels):
-        counts[label, torch.tensor(sorted(set(bag)), dtype=torch.long)] += 1
-    probs = counts / counts.sum(dim=1, keepdim=True)
-    return torch.log(probs[1] / probs[0]).float()
+def naive_bayes_scale(counts, labels: list[int], alpha: float = 1.0) -> torch.Tensor:
+    """log(p(feature|positive) / p(feature|negative)) from presence counts, smoothed by `alpha`.
+    `counts`: a scipy sparse matrix, texts x features, of feature counts (train.bag_matrix)."""
+    present = (counts > 0).astype(np.float64)
+    y = np.asarray(labels)
+    per_class = np.vstack([np.asarray(present[y == label].sum(axis=0)).ravel() for label in (0, 1)]) + alpha
+    probs = per_class / per_class.sum(axis=1, keepdims=True)
+    return torch.from_numpy(np.log(probs[1] / probs[0])).float()
 
 
 @dataclass

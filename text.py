@@ -149,11 +149,23 @@ class Features:
         return ngrams(tokens, self.word_ngram) + char_ngrams(tokens, self.char_low, self.char_high)
 
 
-def build_vocab(texts: Iterable[str], features: Features, min_count: int) -> list[str]:
-    """Features seen at least `min_count` times, most frequent first (ties alphabetical, so deterministic)."""
-    counts = Counter(g for text in texts for g in features(text))
+def build_vocab(texts: Iterable[str], features: Features, min_count: int, max_size: int | None = None) -> list[str]:
+    """Features seen at least `min_count` times, most frequent first (ties alphabetical, so deterministic),
+    the `max_size` most frequent of them. A word's character n-grams are counted once per distinct word,
+    times its count: the counts of `features(text)`, without building ~100 million strings for IMDB."""
+    words, counts = Counter(), Counter()
+    for text in texts:
+        tokens = tokenize(text)
+        words.update(tokens)
+        counts.update(ngrams(tokens, features.word_ngram))
+    for word, n in words.items():
+        for gram in _word_char_ngrams(word, features.char_low, features.char_high):
+            counts[gram] += n
     kept = [g for g, c in counts.items() if c >= min_count]
-    return sorted(kept, key=lambda g: (-counts[g], g))
+    if max_size is not None and len(kept) > max_size:  # sort only what can make the cut
+        cutoff = sorted((counts[g] for g in kept), reverse=True)[max_size - 1]
+        kept = [g for g in kept if counts[g] >= cutoff]
+    return sorted(kept, key=lambda g: (-counts[g], g))[:max_size]
 
 
 def to_tensors(ids: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

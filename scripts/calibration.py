@@ -50,7 +50,7 @@ from payload import labelled  # noqa: E402
 from scripts.long_reviews import long_reviews  # noqa: E402
 from signature import Signature, load_encoder  # noqa: E402
 from text import token_spans, tokenize  # noqa: E402
-from train import load_dataset, split  # noqa: E402
+from train import held_out, load_dataset, load_imdb, split  # noqa: E402
 
 BINS = 10  # equal-width bins of P(positive) for the ECE and the diagram
 FOLDS, SHUFFLES = 5, 5  # the map's cross-validation within the validation split
@@ -148,6 +148,18 @@ def estimate_vs_true(raw: list[float], labels: list[int], signature: Signature) 
             "uncalibrated_accuracy": round(sum((q >= signature.threshold) == bool(y) for q, y in zip(uncalibrated, labels)) / len(labels), 4)}
 
 
+def per_set_scores(raw: list[float], labels: list[int], signature: Signature) -> dict:
+    """ECE, accuracy, ROC AUC and log loss of one test set's probabilities, before (the core's sigmoid) and after calibration (served)."""
+    y, before, after = np.array(labels), np.array([round(p, 6) for p in raw]), served(raw, signature)
+    scores = {}
+    for name, p in (("before", before), ("after", after)):
+        q = np.clip(p, 1e-6, 1 - 1e-6)
+        scores[name] = {"ece": round(ece(p, y), 4), "accuracy": round(float(np.mean((p >= signature.threshold) == y)), 4),
+                        "roc_auc": round(float(roc_auc_score(y, p)), 4),
+                        "log_loss": round(float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), 4)}
+    return {"n": len(y), **scores}
+
+
 def plot(raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, title: str, path: Path) -> None:
     import matplotlib
 
@@ -211,13 +223,22 @@ def main() -> None:
     print(f"test split: ECE {test['ece_before']} -> {test['ece_after']} (a calibrated model: {test['ece_if_perfectly_calibrated']['mean']}), "
           f"accuracy {test['accuracy_before']} -> {test['accuracy_after']}, AUC {test['roc_auc_before']} -> {test['roc_auc_after']}")
 
-    choice = map_choice(score(parts["validation"][0]), parts["validation"][1], signature)
+    validation = held_out({**signature.metrics, "data_md5": signature.data_md5}, "validation")  # what export fitted the map on
+    choice = map_choice(score(validation[0]), validation[1], signature)
     print("map, cross-validated on the validation split:", choice)
 
-    sets = {}
+    imdb_texts, imdb_labels = load_imdb("test")[:2]
+    imdb_raw = score(imdb_texts)
+    per_set = {"rt_polarity_test": per_set_scores(raw, test_labels, signature), "imdb_test": per_set_scores(imdb_raw, imdb_labels, signature)}
+    for name, row in per_set.items():
+        print(f"{name}: {row}")
+    half = random.Random(SEED).sample(range(len(imdb_texts)), len(test_texts))
+    sets = {"imdb_test": {"what": "IMDB test (Maas et al. 2011): long reviews", **estimate_vs_true(imdb_raw, imdb_labels, signature)},
+            "mix_50_50": {"what": "the test split and as many IMDB test reviews (seeded draw): half short, half long",
+                          **estimate_vs_true(raw + [imdb_raw[i] for i in half], test_labels + [imdb_labels[i] for i in half], signature)}}
     for name, (set_texts, set_labels, what) in traffic_sets(test_texts, test_labels, *parts["train"]).items():
         sets[name] = {"what": what, **estimate_vs_true(score(set_texts), set_labels, signature)}
-        row = sets[name]
+    for name, row in sets.items():
         print(f"{name:24s} n {row['n']:5d}  true {row['accuracy']:.4f}  estimated {row['estimated_accuracy']:.4f} "
               f"(+- {row['estimate_error']:.4f}, z {row['z']:+.2f})  uncalibrated estimate {row['uncalibrated_estimate']:.4f}")
 
@@ -228,7 +249,7 @@ def main() -> None:
     report = {
         "provenance": run.record(), "artifact": str(args.artifact), "model_version": signature.version,
         "calibration": signature.calibration, "map_choice_validation_cv": {"folds": FOLDS, "shuffles": SHUFFLES, **choice},
-        "test": test, "reliability_png": png.name,
+        "test": test, "per_set": per_set, "reliability_png": png.name,
         "estimated_accuracy": {"z_limit": drift.ESTIMATED_ACCURACY_Z,
                                "alert_margin_at_min_count": round(drift.estimated_accuracy_margin(signature.reference), 4),
                                "reference_estimated_accuracy": signature.reference["estimated_accuracy"], "sets": sets},

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from scipy import sparse
 
 import train
 from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
@@ -111,11 +112,17 @@ def test_exported_core_all_empty_batch_scores_the_bias(scripted):
     assert logits.tolist() == pytest.approx([scripted.bias.item()] * 3)
 
 
+def counts(bags: list[list[int]], vocab_size: int) -> sparse.csr_matrix:
+    """Bags of feature ids as train.bag_matrix gives them: texts x features, each feature's count."""
+    rows = [i for i, bag in enumerate(bags) for _ in bag]
+    return sparse.csr_matrix(([1.0] * len(rows), (rows, [f for bag in bags for f in bag])), shape=(len(bags), vocab_size))
+
+
 def test_naive_bayes_scale_signs():
     # feature 0 only in positive texts, 1 only in negative, 2 in every text, 3 never seen
     bags = [[0, 2], [0, 2], [1, 2], [1, 2]]
     labels = [1, 1, 0, 0]
-    scale = naive_bayes_scale(bags, labels, vocab_size=4)
+    scale = naive_bayes_scale(counts(bags, 4), labels)
     assert scale.shape == (4,) and scale.dtype == torch.float32
     assert scale[0] > 0 > scale[1]
     assert scale[0].item() == pytest.approx(-scale[1].item())
@@ -126,8 +133,8 @@ def test_naive_bayes_scale_signs():
 
 
 def test_naive_bayes_scale_counts_presence_not_repeats():
-    once = naive_bayes_scale([[0], [1]], [1, 0], vocab_size=2)
-    repeated = naive_bayes_scale([[0, 0, 0, 0], [1]], [1, 0], vocab_size=2)
+    once = naive_bayes_scale(counts([[0], [1]], 2), [1, 0])
+    repeated = naive_bayes_scale(counts([[0, 0, 0, 0], [1]], 2), [1, 0])
     assert torch.equal(once, repeated)
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -214,6 +215,24 @@ def test_build_vocab_is_independent_of_text_order():
     vocab = build_vocab(texts, FEATURES, min_count=1)
     assert build_vocab(list(reversed(texts)), FEATURES, min_count=1) == vocab
     assert len(vocab) == len(set(vocab))
+
+
+def test_build_vocab_max_size_keeps_the_most_frequent():
+    texts = ["the film is good", "the film is bad", "a good film", "Bad, BAD film!"]
+    full = build_vocab(texts, FEATURES, min_count=1)
+    assert build_vocab(texts, FEATURES, min_count=1, max_size=7) == full[:7]
+    assert build_vocab(texts, FEATURES, min_count=1, max_size=len(full) + 5) == full
+
+
+def test_build_vocab_counts_what_features_of_each_text_gives():
+    """Character n-grams are counted per distinct word (times its count), for speed: the vocabulary is the
+    one counting every feature of every text gives, on real snippets and markup-laden long reviews."""
+    texts = train.load_dataset()[0][:400] + train.load_imdb("test")[0][:40]
+    counts = Counter(g for t in texts for g in FEATURES(t))
+    expected = sorted((g for g, c in counts.items() if c >= 2), key=lambda g: (-counts[g], g))
+    assert build_vocab(texts, FEATURES, min_count=2) == expected
+    assert build_vocab(texts, FEATURES, min_count=2, max_size=5000) == expected[:5000]
+    assert sum(t.count("<br />") for t in texts) > 40 and "br" not in counts and "c: br " not in counts  # markup, never a feature
 
 
 def test_build_vocab_uses_the_same_normalisation_as_encode():
