@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -25,15 +24,11 @@ from sklearn.linear_model import LogisticRegression
 
 from drift import reference_distribution
 from model_def import ModelConfig, SentimentClassifier, TransformerClassifier, TransformerConfig, predict_proba
-from signature import CALIBRATION_CLIP, MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder
+from signature import CALIBRATION_CLIP, LIMITS, MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder
 from text import Features
 from train import held_out
-from worst_case import costliest_texts
 
 PARITY_TOLERANCE = {NBSVM: 1e-5, TRANSFORMER: 1e-4}  # max |probability difference| on the test set
-# Texts per v2 request: a full batch of them (model-config-v2.yaml's batchSize 8 x 16 texts of max_length
-# tokens, ~55 ms each on one core) fits the handler's share of responseTimeout (10 of 30 s); 64 did not (~28 s).
-TRANSFORMER_MAX_TEXTS = 16
 log = logging.getLogger("export")
 
 
@@ -53,10 +48,11 @@ def make_signature(checkpoint: dict, metrics: dict, name: str, version: str) -> 
     """What the artifact promises its clients, and how to featurise text for it."""
     common = dict(model_name=name, version=str(version), data_md5=metrics["data_md5"],
                   metrics={k: v for k, v in metrics.items() if k not in ("data_md5", "data_dir")})
+    common.update(LIMITS[checkpoint["architecture"]])
     if checkpoint["architecture"] == TRANSFORMER:
         return Signature(**common, features=None, architecture=TRANSFORMER, vocab_file=None, tokenizer_file=TOKENIZER_FILE,
                          max_length=checkpoint["max_length"], head_tokens=checkpoint["head_tokens"], inputs=TRANSFORMER_INPUTS,
-                         max_texts=TRANSFORMER_MAX_TEXTS, full_cost_chars=checkpoint["max_length"])
+                         full_cost_chars=checkpoint["max_length"])
     return Signature(**common, features=Features(**checkpoint["features"]))
 
 
@@ -83,21 +79,6 @@ class OnnxCore:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {name: x.numpy() for name, x in zip(self.names, inputs)})
         return torch.from_numpy(logits)
-
-
-def seconds_per_text(core, encoder, signature: Signature) -> float:
-    """One thread's cost of the costliest admissible text (worst_case.py) in a full forward pass of
-    max_texts such texts, after a warm-up: what the handler's admission estimate scales."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a worker (handler.TORCH_THREADS)
-    try:
-        predict_proba(core, costliest_texts(signature, 2, seed=1), encoder)
-        texts = costliest_texts(signature, signature.max_texts)
-        started = time.perf_counter()
-        predict_proba(core, texts, encoder)
-        return (time.perf_counter() - started) / len(texts)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def held_out_texts(metrics: dict) -> list[str]:
@@ -157,8 +138,6 @@ def main() -> None:
     log.info("calibration on %d validation texts: served probability = sigmoid(%.4f * logit %+.4f)",
              len(validation_labels), signature.calibration["slope"], signature.calibration["intercept"])
     signature.reference = reference_distribution(eager.tolist(), test_texts, signature)  # what monitoring compares traffic with
-    signature.seconds_per_text = seconds_per_text(scripted, encoder, signature)
-    log.info("costliest admissible text: %.1f ms on one thread", signature.seconds_per_text * 1000)
     signature.save(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     test = metrics["test"]
