@@ -259,3 +259,24 @@ def test_numbers_say_which_run_and_how_runs_vary():
     assert re.search(r"303 MB before the first request\. Runs differ by tens of MB.*357 MB", " ".join(benchmark.split()))
     assert re.search(r"12,297 rows/s.*vary.*8,105 rows/s", " ".join(batch.split()))
     assert "~2 minutes" not in (ROOT / "bench" / "batch_bench.py").read_text()
+
+
+def test_scripts_without_the_dev_dependencies_say_make_install_dev():
+    """Issue 29.3: after `make serve` alone (no dev dependencies), models.md's record_models.py ended in
+    `No module named 'requests'`. Run without site-packages (`-S`), it names the make target instead."""
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-S", "scripts/record_models.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == \
+        ["record_models.py: needs the dev dependencies (no module 'requests'): run `make install-dev`"], result.stderr
+
+
+def test_sample_fresh_labels_are_the_promote_tests_own():
+    """versions-and-rollout.md: with samples/fresh.csv a candidate passes the scores and is baked; that is
+    tests/test_promote.py's better candidate (trained on the same rows), promoted after its bake."""
+    import csv
+
+    from test_promote import fresh_labels
+
+    with (ROOT / "samples" / "fresh.csv").open(newline="", encoding="utf-8") as f:
+        rows = [(row["text"], int(row["label"])) for row in csv.DictReader(f)]
+    assert rows == fresh_labels()
