@@ -280,3 +280,16 @@ def test_sample_fresh_labels_are_the_promote_tests_own():
     with (ROOT / "samples" / "fresh.csv").open(newline="", encoding="utf-8") as f:
         rows = [(row["text"], int(row["label"])) for row in csv.DictReader(f)]
     assert rows == fresh_labels()
+
+
+def test_make_clean_removes_unpacked_sentiment_archives_no_server_uses(walk):
+    """Issue 29.7: what TorchServe unpacked for an earlier server (killed, say, so make stop never ran) goes
+    with `make clean`; another model's folder stays."""
+    clone, _, _ = walk
+    models = clone.tmpdir / "models"
+    for name, model in (("left-over", "sentiment"), ("other", "someone-elses")):
+        (models / name / "MAR-INF").mkdir(parents=True)
+        (models / name / "MAR-INF" / "MANIFEST.json").write_text(f'{{"model": {{"modelName": "{model}"}}}}')
+    cleaned = clone.run("make clean")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert sorted(p.name for p in models.iterdir()) == ["other"]
