@@ -51,7 +51,7 @@ MINUTES    ?= 5
 TEXT       ?= A gorgeous, moving film with a wonderful cast.
 export TEXT  # recipes read it from the environment, so quotes in it need no escaping
 
-.PHONY: help install install-dev train export archive serve stop predict explain scale status test bench overload soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report promote
+.PHONY: help install install-dev train export archive serve stop predict explain scale status test fuzz bench overload soak chaos batch evaluate kserve-layout clean prometheus rules monitor drift-report promote
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -145,6 +145,13 @@ status: ## describe the model and its workers
 
 test: install-dev archive prometheus ## run the whole test suite (unit + integration against a real TorchServe)
 	$(BIN)/pytest -q tests
+
+# An example is 3-4 generated requests, each sent to both versions: FUZZ_EXAMPLES=650 is ~2,250 requests a version.
+FUZZ_EXAMPLES ?= 650
+fuzz: install-dev archive ## Hypothesis through one real TorchServe (v1 + the quick v2): FUZZ_EXAMPLES (650) examples, 2,000+ generated requests a version; prints its random seed (FUZZ_SEED=N repeats a run), keeps its database in build/hypothesis, saves each failure to tests/edge_regressions.json (make test replays it)
+	@seed=$(or $(FUZZ_SEED),$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')); echo "fuzz seed: $$seed (make fuzz FUZZ_SEED=$$seed repeats this run)"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -p no:cacheprovider --hypothesis-show-statistics \
+		tests/test_edges.py -k "odd_requests_never_fail or fuzz_run_sent"
 
 bench: install-dev archive ## TorchServe vs FastAPI (1 and N workers) vs LitServe vs /ping, grid, ceilings -> bench/results/ (VERSION=2: results_v2.json), ~10 min; needs a clean tree
 	$(PY) bench/run.py --model-version $(VERSION)
