@@ -28,6 +28,8 @@ SERVED_CODE := handler.py payload.py prediction_metrics.py drift.py text.py mode
 INFERENCE_PORT  ?= 8080
 MANAGEMENT_PORT ?= 8081
 METRICS_PORT    ?= 8082
+GRPC_INFERENCE_PORT  ?= 7070
+GRPC_MANAGEMENT_PORT ?= 7071
 INFERENCE  := http://127.0.0.1:$(INFERENCE_PORT)
 MANAGEMENT := http://127.0.0.1:$(MANAGEMENT_PORT)
 METRICS    := http://127.0.0.1:$(METRICS_PORT)
@@ -104,7 +106,9 @@ serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAG
 	$(if $(BESIDE_V1),$(MAKE) --no-print-directory archive VERSION=1 BUILD=build/v1 ARCH=nbsvm SEED=1 TRAIN_ARGS= STORE=$(STORE))
 	mkdir -p $(LOGS)
 	sed -e 's|^inference_address=.*|inference_address=$(INFERENCE)|' -e 's|^management_address=.*|management_address=$(MANAGEMENT)|' \
-		-e 's|^metrics_address=.*|metrics_address=$(METRICS)|' -e 's|^model_store=.*|model_store=$(STORE)|' config.properties > $(LOGS)/config.properties
+		-e 's|^metrics_address=.*|metrics_address=$(METRICS)|' -e 's|^model_store=.*|model_store=$(STORE)|' \
+		-e 's|^grpc_inference_port=.*|grpc_inference_port=$(GRPC_INFERENCE_PORT)|' \
+		-e 's|^grpc_management_port=.*|grpc_management_port=$(GRPC_MANAGEMENT_PORT)|' config.properties > $(LOGS)/config.properties
 	LOG_LOCATION=$(LOGS) METRICS_LOCATION=$(LOGS) $(BIN)/torchserve --start --ncs --ts-config $(LOGS)/config.properties --log-config log4j2.xml \
 		$(if $(BESIDE_V1),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
 		$(if $(filter on,$(MODEL_API)),--enable-model-api) > $(LOGS)/console.log 2>&1 || { cat $(LOGS)/console.log; exit 1; }

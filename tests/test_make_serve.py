@@ -25,7 +25,8 @@ from test_readme import EXPLANATION_EXAMPLE, PREDICTION_EXAMPLE, README, Curl, b
 # Every curl of README.md: its ```bash blocks and the explanation's ```sh block.
 README_CURLS = [line for language, body in blocks(without_comments(README)) if language in ("bash", "sh")
                 for line in body.splitlines() if line.startswith("curl ")]
-DEFAULT_PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082}
+DEFAULT_PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082,
+                 "GRPC_INFERENCE_PORT": 7070, "GRPC_MANAGEMENT_PORT": 7071}
 
 
 def port_is_free(port: int) -> bool:
