@@ -4,6 +4,7 @@ stop that leaves no JVM or worker behind. `TorchServeAdmin` is the one client of
 API (describe, wait for workers, scale, register, set-default, unregister): every LocalTorchServe
 has one (`ts.admin`), and `TorchServeAdmin("http://127.0.0.1:8081")` talks to `make serve`'s."""
 
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,15 @@ ROOT = Path(__file__).resolve().parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 LOG_CONFIG = ROOT / "log4j2.xml"  # what `make serve` starts TorchServe with
 FRONTEND, WORKER = "org.pytorch.serve.ModelServer", "model_service_worker"  # in the command lines of the JVM and of a worker
+
+
+def bearer(key_file: Path | None, api: str) -> dict:
+    """The Authorization header for `api` ("inference" or "management") when TorchServe runs with token
+    authorization (it then writes key_file.json, mode 0600, in its working directory); none otherwise.
+    Read at each call: TorchServe replaces a key when asked (GET /token) and keys expire."""
+    if key_file is None or not key_file.exists():
+        return {}
+    return {"Authorization": f"Bearer {json.loads(key_file.read_text())[api]['key']}"}
 
 
 def free_port() -> int:
@@ -45,11 +55,12 @@ class TorchServeAdmin:
     AdminError with TorchServe's answer if refused; `request()` is the unchecked call beneath them.
     """
 
-    def __init__(self, management: str, model: str = "sentiment"):
-        self.management, self.model = management.rstrip("/"), model
+    def __init__(self, management: str, model: str = "sentiment", key_file: Path | None = None):
+        self.management, self.model, self.key_file = management.rstrip("/"), model, key_file
 
     def request(self, method: str, path: str, params: dict | None = None, timeout: float = 120) -> requests.Response:
-        return requests.request(method, self.management + path, params=params, timeout=timeout)
+        return requests.request(method, self.management + path, params=params, timeout=timeout,
+                                headers=bearer(self.key_file, "management"))
 
     def call(self, method: str, path: str, params: dict | None = None, timeout: float = 120):
         """The answer's JSON (None if it has none); AdminError if TorchServe refused."""
@@ -188,7 +199,8 @@ class LocalTorchServe:
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.env = {**os.environ, "TMPDIR": str(self.home), "LOG_LOCATION": str(self.home / "logs"),
                     "METRICS_LOCATION": str(self.home / "logs"), "TEMP": str(self.home), **self.extra_env}
-        self.admin = TorchServeAdmin(self.management)
+        self.key_file = self.home / "key_file.json"  # written there (its working directory) if token authorization is on
+        self.admin = TorchServeAdmin(self.management, key_file=self.key_file)
 
     def start(self, timeout: float = 120, attempts: int = 3) -> "LocalTorchServe":
         """Start and wait until ready. A free port can be taken by another socket (a client's ephemeral
@@ -240,7 +252,7 @@ class LocalTorchServe:
     def ready(self) -> bool:
         """/ping answers Healthy and every registered model has a READY worker."""
         try:
-            if requests.get(self.inference + "/ping", timeout=2).json().get("status") != "Healthy":
+            if requests.get(self.inference + "/ping", timeout=2, headers=bearer(self.key_file, "inference")).json().get("status") != "Healthy":
                 return False
             names = self.admin.models()
             return bool(names) and all(self.admin.ready_workers(name) > 0 for name in names)
