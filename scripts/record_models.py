@@ -32,6 +32,7 @@ from evaluate import held_out_test_split, predict_served  # noqa: E402
 from local_server import LocalTorchServe  # noqa: E402
 from scripts.calibration import ece  # noqa: E402
 from signature import Signature  # noqa: E402
+from text import normalized_length_bound  # noqa: E402
 from train import load_imdb  # noqa: E402
 
 VERSIONS = {"1": "sentiment.mar", "2": "sentiment_v2.mar"}
@@ -57,8 +58,12 @@ def offline(version: str, mar: str) -> dict:
 
 
 def served_scores(texts: list[str], labels: list[int], signature: Signature, url: str, version: str) -> dict:
-    """Accuracy (of the served labels), ROC AUC, log loss and ECE (of the served probabilities) of what `url` serves."""
+    """Accuracy (of the served labels), ROC AUC, log loss and ECE (of the served probabilities) of what `url` serves,
+    over the texts within the version's max_chars (the longer ones would be refused: counted in `over_max_chars`)."""
     started = time.perf_counter()
+    admissible = [i for i, text in enumerate(texts) if max(len(text), normalized_length_bound(text)) <= signature.max_chars]
+    excluded = len(texts) - len(admissible)  # refused 400 text_too_long by this version's limit: counted, not scored
+    texts, labels = [texts[i] for i in admissible], [labels[i] for i in admissible]
     predictions, versions = predict_served(texts, signature.max_texts, url, version=version)
     if versions != {signature.version}:
         raise RuntimeError(f"answers came from model version(s) {sorted(versions)}, not {signature.version}")
@@ -66,7 +71,7 @@ def served_scores(texts: list[str], labels: list[int], signature: Signature, url
     positive = np.array([x["label"] == signature.labels[1] for x in predictions])
     return {"accuracy": round(float(np.mean(positive == y)), 4), "roc_auc": round(float(roc_auc_score(y, p)), 4),
             "log_loss": round(float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])), 4), "ece": round(ece(p, y), 4),
-            "size": len(y), "seconds": round(time.perf_counter() - started, 2)}
+            "size": len(y), "over_max_chars": excluded, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def main() -> None:
