@@ -44,9 +44,10 @@ def largest_explanation_text(signature: Signature) -> str:
 
 # A measurement repeats until its timed runs add up to this: three periods of the kernel's CPU bandwidth
 # control (cgroup cpu.max / cfs_period_us, 100 ms), so that a CPU quota shows in it and not only bursts
-# within one period's quota. Worker start grows by about twice this (predictions, explanations).
+# within one period's quota. v1's worker start grows by about twice this; v2's by one explanation pass
+# (explain.IntegratedGradientsExplainer.probe: ~2.5 s on one core of this machine, ~5 s on half of one).
 MEASURE_SECONDS = 0.3
-MIN_REPEATS = 3
+WARM_UP = "a fine film"  # TorchScript optimises on its first calls: one short untimed call each first
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Cost:
     """Seconds of the costliest admissible text on this worker's host, one thread, as measured at its start."""
 
     prediction: float  # its share of a forward pass
-    explanation: float  # its explanation, on top of the prediction (v2: steps x a one-step one, explain.py)
+    explanation: float  # its explanation, on top of the prediction (v2: an upper bound, explain.py's probe)
 
     def seconds(self, signature: Signature, texts: list[str], explain: bool) -> float:
         """An upper bound on a request's work: each text its share of the costliest one, by the length the
@@ -64,22 +65,22 @@ class Cost:
 
 
 def measure_cost(forward, explainer, signature: Signature, seed: int = 0) -> Cost:
-    """`forward(texts)` and `explainer` timed on costliest texts, after one untimed warm-up each (TorchScript
-    optimises on its first calls): the mean over at least MIN_REPEATS runs and MEASURE_SECONDS. Fresh texts
-    every run, because the featuriser caches words."""
+    """`forward(texts)` and `explainer` timed on costliest texts: the mean of runs over MEASURE_SECONDS.
+    Fresh texts every run, because the featuriser caches words."""
     rng = random.Random(seed)
+    forward([WARM_UP])
     prediction = _mean_seconds(lambda: costliest_texts(signature, 2, rng.randrange(1 << 30)), forward) / 2
     probe, times = explainer.probe()
+    probe(WARM_UP)
     explanation = _mean_seconds(lambda: costliest_text(signature, rng), probe) * times
     return Cost(prediction, explanation)
 
 
 def _mean_seconds(make, run) -> float:
-    run(make())
-    spent, repeats = 0.0, 0
-    while repeats < MIN_REPEATS or spent < MEASURE_SECONDS:
+    spent, runs = 0.0, 0
+    while spent < MEASURE_SECONDS:
         inputs = make()
         started = time.perf_counter()
         run(inputs)
-        spent, repeats = spent + time.perf_counter() - started, repeats + 1
-    return spent / repeats
+        spent, runs = spent + time.perf_counter() - started, runs + 1
+    return spent / runs

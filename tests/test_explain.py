@@ -29,7 +29,7 @@ import export
 from handler import SentimentHandler
 from local_server import LocalTorchServe
 from model_def import predict_proba
-from signature import Signature, load_encoder
+from signature import LIMITS, TRANSFORMER, Signature, load_encoder
 from text import normalize, token_spans, tokenize
 from train import load_dataset
 import worker_message
@@ -521,7 +521,7 @@ def test_served_bad_inputs_get_the_same_400(served, version, body, content_type,
 
 
 def test_served_v2_explains_at_most_max_texts(served):
-    answer = post(served, "/explanations/sentiment/2", {"texts": [POSITIVE] * (explain.MAX_TEXTS["transformer"] + 1)})
+    answer = post(served, "/explanations/sentiment/2", {"texts": [POSITIVE] * (LIMITS[TRANSFORMER]["max_explain_texts"] + 1)})
     assert answer.status_code == 400 and answer.json()["kind"] == "too_many_texts"
 
 
