@@ -168,13 +168,24 @@ class Costliest:
         return costliest_texts(signature, self.n)
 
 
+@dataclass(frozen=True)
+class KServeV2:
+    """A KServe v2 request of `data`, its shape the length of `data` once built for the version."""
+    id: str
+    data: object
+
+    def build(self, signature: Signature) -> dict:
+        data = materialize(self.data, signature)
+        return {"id": self.id, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": data}]}
+
+
 def limit_of(signature: Signature, name: str) -> int:
     return explain_max_texts(signature) if name == "max_explain_texts" else getattr(signature, name)
 
 
 def materialize(value, signature: Signature):
-    """A generated JSON value with its Sized / SizedList / Costliest parts built for one version."""
-    if isinstance(value, (Sized, SizedList, Costliest)):
+    """A generated JSON value with its Sized / SizedList / Costliest / KServeV2 parts built for one version."""
+    if isinstance(value, (Sized, SizedList, Costliest, KServeV2)):
         return value.build(signature)
     if isinstance(value, list):
         return [materialize(v, signature) for v in value]
@@ -243,7 +254,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 request_values = st.one_of(
     st.builds(lambda t: {"text": t}, texts),
     st.builds(lambda t: {"texts": t}, text_lists),
-    st.builds(lambda t, i: {"id": i, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1], "data": t}]}, text_lists, short_texts),
+    st.builds(KServeV2, short_texts, text_lists),
     json_values,
 )
 # JSON Python reads into odd numbers (or refuses to read: int digits past 4,300), deep nesting and duplicate keys,
@@ -258,14 +269,24 @@ nested = st.builds(lambda depth, form: form.format("[" * depth + "]" * depth),
 duplicates = st.builds(lambda a, b, key: f'{{"{key}": {json.dumps(a)}, "{key}": {json.dumps(b)}}}',
                        st.one_of(short_texts, st.just(["fine"])), st.one_of(short_texts, st.integers(), st.just(["fine"])),
                        st.sampled_from(["text", "texts", "id"])) | st.just('{"text": "fine", "texts": ["fine"]}')
-raw_json = st.one_of(odd_numbers, nested, duplicates).map(lambda s: s.encode())
-small_bodies = st.one_of(
-    st.builds(Body, request_values),
-    st.builds(Body, request_values, st.just(True), st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "latin-1"]), st.booleans()),
-    st.builds(Body, raw_json, st.just(False)),
-    st.builds(Body, texts, st.just(False), st.sampled_from(["utf-8", "utf-16-le", "latin-1"]), st.booleans()),
+ENCODINGS = ["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "latin-1"]
+nfkc_texts = st.builds(Sized, st.sampled_from(NFKC_EXPANDING + ["\u2026 "]), st.sampled_from(TEXT_LIMITS), st.sampled_from([-1, 0, 1]))
+# Each kind of trouble the issues named, drawn equally often (Hypothesis's one_of favours its first branches).
+KINDS = [
+    st.builds(Body, request_values),  # every request form, any JSON
+    st.builds(Body, st.one_of(st.builds(lambda t: {"text": t}, nfkc_texts),  # NFKC-expanding texts at the limits
+                              st.builds(lambda t: {"texts": t}, st.lists(nfkc_texts, min_size=1, max_size=5)))),
+    st.builds(Body, odd_numbers.map(str.encode), st.just(False)),  # 1e999, NaN, 5,000-digit integers
+    st.builds(Body, nested.map(str.encode), st.just(False)),  # deep nesting
+    st.builds(Body, duplicates.map(str.encode), st.just(False)),  # duplicate keys
+    st.builds(Body, request_values, st.just(True), st.sampled_from(ENCODINGS), st.booleans()),  # BOMs, other encodings
+    st.builds(Body, st.one_of(st.builds(lambda t: {"text": t}, long_texts), st.builds(lambda t: {"texts": t}, text_lists),
+                              st.builds(KServeV2, short_texts, text_lists))),  # sizes at and past each limit
+    st.builds(Body, st.builds(lambda t: {"texts": t}, st.builds(Costliest, st.sampled_from([1, 2, 3, 4, 5, 16])))),  # the costliest texts
+    st.builds(Body, texts, st.just(False), st.sampled_from(ENCODINGS), st.booleans()),  # raw text bodies
     st.builds(Body, st.binary(max_size=64), st.just(False)),
-)
+]
+small_bodies = st.sampled_from(range(len(KINDS))).flatmap(lambda kind: KINDS[kind])
 at_request_size = st.builds(Body, st.just({"text": "fine"}), pad_to=st.sampled_from([-1, 0, 1]))  # at and past max_request_size
 bodies = st.sampled_from([False] * 39 + [True]).flatmap(lambda padded: at_request_size if padded else small_bodies)  # 1 in 40: 7.7 MB each
 
