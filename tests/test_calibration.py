@@ -56,14 +56,19 @@ def test_platt_fit_recovers_a_known_map():
     assert fit["slope"] == pytest.approx(0.6, abs=0.03) and fit["intercept"] == pytest.approx(-0.3, abs=0.05)
 
 
-def test_export_fits_the_calibration_on_the_validation_split(export_dir, signature, encoder, parts):
+def test_export_fits_the_calibration_on_the_validation_mix_of_short_and_long_reviews(export_dir, signature, encoder, parts):
+    """v1 trains on rt-polarity and IMDB: its map is fitted on both validation sets (1,066 snippets and the
+    IMDB reviews train.is_imdb_validation holds out), where the traffic is."""
     model, _ = export.load_checkpoint(export_dir.parent)
-    texts, labels = parts["validation"]
+    metrics = json.loads((export_dir.parent / "metrics.json").read_text())
+    texts, labels = train.held_out(metrics, "validation")
+    assert texts[:1066] == parts["validation"][0] and len(texts) == 1066 + metrics["imdb_validation"]["size"] > 3000
+    assert all(train.is_imdb_validation(text) for text in texts[1066:])
     refit = export.fit_calibration(predict_proba(model, texts, encoder).tolist(), labels)
     for key in ("slope", "intercept"):
         assert signature.calibration[key] == pytest.approx(refit[key], rel=1e-6), key
     assert {**signature.calibration, "slope": 0, "intercept": 0} == {**refit, "slope": 0, "intercept": 0}
-    assert (signature.calibration["method"], signature.calibration["fitted_on"], signature.calibration["n"]) == ("platt", "validation split", 1066)
+    assert (signature.calibration["method"], signature.calibration["n"]) == ("platt", len(texts))
 
 
 def test_calibrate_is_increasing_and_stays_inside_0_1(signature):
