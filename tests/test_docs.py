@@ -23,6 +23,7 @@ from local_server import ROOT, free_port
 from test_readme import PAGES, TEXT, blocks, without_comments
 
 PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082}
+STEP_TIMEOUT = 120  # s; the slowest step, Spark, takes ~20-30
 OLD = 946684800  # 2000-01-01: the clone's files older than the copied build, so that make rebuilds nothing it need not
 
 TRANSFORMER = "needs the full transformer (build/v2: ~25 min of fine-tuning); tests/test_readme.py runs the version flow on the quick one"
@@ -36,6 +37,7 @@ SKIPPED = [
     (r"^make test\b", "the whole suite, which this test is part of"),
     (r"^make (monitor|drift-report|promote)\b|^make archive VERSION=3 |--version 3\b", PROMETHEUS),
     (r"^make (bench|overload|soak|chaos)\b|bench/run\.py|bench/batch_bench\.py|scripts/calibration\.py", MEASUREMENT),
+    (r"^make fuzz\b", "minutes of Hypothesis against its own TorchServe (make test replays the examples it saved)"),
     (r"^make serve\b", "the walk's server, started by README's `make serve`, is up"),
     (r"^make stop\b", "run once, after the last page"),
 ]
@@ -106,10 +108,14 @@ class Clone:
                               text=True, timeout=timeout)
 
 
-def run_step(clone: Clone, step: Step) -> Step:
+def run_step(clone: Clone, step: Step, timeout: float = STEP_TIMEOUT) -> Step:
+    """Run it; a command past `timeout` is a failed step (a long command belongs in SKIPPED), not a stopped walk."""
     started = time.perf_counter()
-    result = clone.run(step.command)
-    step.returncode, step.stdout, step.stderr = result.returncode, result.stdout, result.stderr
+    try:
+        result = clone.run(step.command, timeout)
+        step.returncode, step.stdout, step.stderr = result.returncode, result.stdout, result.stderr
+    except subprocess.TimeoutExpired:
+        step.returncode, step.stderr = -1, f"still running after {timeout} s: a long command belongs in SKIPPED"
     step.seconds = round(time.perf_counter() - started, 1)
     return step
 
@@ -118,7 +124,7 @@ def run_step(clone: Clone, step: Step) -> Step:
 def walk(tmp_path_factory):
     """`make serve`, then every page's commands in order, then `make stop`; the clone and its record."""
     clone = Clone(tmp_path_factory.mktemp("docs"))
-    served = run_step(clone, Step("README.md", "make serve", "make serve"))
+    served = run_step(clone, Step("README.md", "make serve", "make serve"), timeout=300)
     steps = []
     try:
         assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
