@@ -169,7 +169,7 @@ soak: install-dev archive ## 32 clients for MINUTES (5): every request answered?
 chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3: replacement and recovery times -> bench/results/chaos.json
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker --out bench/results/chaos.json
 
-batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exported core: make batch IN=reviews.csv OUT=scored.csv
+batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exported core: make batch IN=samples/reviews.csv OUT=scored.csv
 	$(PY) batch_predict.py $(IN) $(OUT) --artifact $(EXPORT)
 
 kserve-layout: install-dev archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
