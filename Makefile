@@ -147,8 +147,13 @@ scale: ## set the worker count through the management API (N=2)
 status: ## describe the model and its workers
 	curl -s $(MANAGEMENT)/models/$(MODEL_NAME); echo
 
-test: install-dev archive prometheus ## run the whole test suite (unit + integration against a real TorchServe)
-	$(BIN)/pytest -q tests
+# The tests run in TEST_WORKERS processes, a file each at a time (a file's servers stay in one process); most of
+# their time is spent waiting on servers, so more processes than cores pays. The quick transformer the tests share
+# is built once before they start.
+TEST_WORKERS ?= 3
+test: install-dev archive prometheus ## run the whole test suite (unit + integration against a real TorchServe), in TEST_WORKERS (3) processes; prints the 15 slowest tests
+	$(PY) tests/quick_v2.py
+	$(BIN)/pytest -q tests -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # An example is 3-4 generated requests, each sent to both versions: FUZZ_EXAMPLES=650 is ~2,250 requests a version.
 FUZZ_EXAMPLES ?= 650
