@@ -261,8 +261,8 @@ def test_worst_admissible_batch_ends_within_the_timeout_at_half_a_core(version, 
     print(f"\nv{version}, half a core a worker: measured at start (ms, prediction/explanation) {measured}; "
           f"batches of {sizes} requests took {took} s; {kinds.count('ok')} answered, {len(kinds) - kinds.count('ok')} refused")
     # (503 ServiceUnavailableException: the frontend's queue, jobQueueSize, was full: refused before any worker)
-    assert set(kinds) <= {"ok", "503:batch_budget", "503:explanation_budget", "503:ServiceUnavailableException"}, kinds
-    assert not restarted and max(sizes) > 1
+    assert set(kinds) <= {"ok", "503:batch_budget", "503:request_budget", "503:explanation_budget", "503:ServiceUnavailableException"}, kinds
+    assert not restarted and max(sizes) > 1 and "ok" in kinds
     assert max(took) < config["responseTimeout"], took
 
 
