@@ -34,8 +34,10 @@ INFERENCE  := http://127.0.0.1:$(INFERENCE_PORT)
 MANAGEMENT := http://127.0.0.1:$(MANAGEMENT_PORT)
 METRICS    := http://127.0.0.1:$(METRICS_PORT)
 LOGS       ?= logs
-PROMETHEUS := http://127.0.0.1:9090
-PROM_HOME  := logs/prometheus
+# `make monitor`'s Prometheus (PROMETHEUS_PORT=19090 PROM_HOME=logs/prometheus-19090 beside another one)
+PROMETHEUS_PORT ?= 9090
+PROMETHEUS := http://127.0.0.1:$(PROMETHEUS_PORT)
+PROM_HOME  ?= logs/prometheus
 # versions whose reference distribution the committed drift rules hold (make rules)
 REFERENCE_EXPORTS ?= build/v1/export
 # TS_FRONTEND is in the command line of TorchServe's frontend (torchserve --stop checks it too);
@@ -197,7 +199,7 @@ rules: install-dev $(REFERENCE_EXPORTS:%=%/signature.json) ## regenerate the com
 # The rules of `make monitor` follow the versions the server serves (read through its management API,
 # each reference from the archive it registered); they and their config go under $(PROM_HOME), never
 # over the committed files. Run it again after registering a version or a set-default: it reloads.
-monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:9090 (data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift, latency and health rules of the versions it serves (make serve first)
+monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:PROMETHEUS_PORT (9090; data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift, latency and health rules of the versions it serves (make serve first)
 	@mkdir -p $(PROM_HOME)
 	@$(PY) deploy/prometheus/generate_rules.py --server $(MANAGEMENT) --model-store $(STORE) --rules-out $(PROM_HOME)/rules \
 		--tests-out '' --config-out $(PROM_HOME)/prometheus.yml --scrape $(METRICS:http://%=%) >/dev/null
@@ -217,14 +219,17 @@ drift-report: install-dev ## live vs reference distributions per model version f
 	$(PY) drift_report.py --prometheus $(PROMETHEUS) --window $(WINDOW) --png build/drift-report.png
 
 # README's loop from the canary on, as one run of promote.py (its docstring says why each step): the archive of
-# CANDIDATE registered beside the default, both scored on labels neither trained on, a bake on the monitor's Prometheus,
-# then set-default or roll back. Needs `make serve MODEL_API=on`. make exits 0 promoted, 2 otherwise (make's status for any
-# failed recipe; the last line says which: rolled back, promote.py's 1, or nothing done, its 2).
-promote: monitor ## canary CANDIDATE=N (model_store/sentiment_vN.mar): scores (FRESH=fresh.csv), a BAKE (600 s) on Prometheus, then promote or roll back; evidence in build/promotions/
-	@test -n "$(CANDIDATE)" || { echo "usage: make promote CANDIDATE=N [FRESH=fresh.csv] [BAKE=seconds]" >&2; exit 2; }
+# CANDIDATE registered beside the default, both scored on labels neither trained on (a paired exact test), a bake of
+# paired shadow traffic (SHADOW=recent-requests.csv, default IMDB's test reviews) judged on what its client got and on
+# Prometheus, then set-default (compare and set) or roll back. One run at a time (a lock); a rerun finishes or undoes
+# a killed one. Needs `make serve MODEL_API=on`. make exits 0 promoted, 2 otherwise (make's status for any failed
+# recipe; the last line says which: rolled back, promote.py's 1, nothing done, its 2, or stopped, its 3).
+promote: monitor ## canary CANDIDATE=N (model_store/sentiment_vN.mar): scores (FRESH=fresh.csv), a BAKE (600 s) of paired shadow traffic (SHADOW=file), then promote or roll back; evidence in build/promotions/
+	@test -n "$(CANDIDATE)" || { echo "usage: make promote CANDIDATE=N [FRESH=fresh.csv] [SHADOW=requests.csv] [BAKE=seconds]" >&2; exit 2; }
 	$(PY) promote.py --candidate $(CANDIDATE) --inference $(INFERENCE) --management $(MANAGEMENT) --metrics $(METRICS) \
-		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) $(if $(BAKE),--bake $(BAKE)) \
-		|| { s=$$?; echo "make promote: $$([ $$s = 1 ] && echo 'rolled back' || echo 'nothing done') (promote.py exit $$s; make itself exits 2)" >&2; exit $$s; }
+		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) \
+		$(if $(SHADOW),--shadow $(SHADOW)) $(if $(BAKE),--bake $(BAKE)) \
+		|| { s=$$?; echo "make promote: $$(case $$s in 1) echo 'rolled back';; 3) echo 'stopped: someone else changed the default';; *) echo 'nothing done';; esac) (promote.py exit $$s; make itself exits 2)" >&2; exit $$s; }
 
 # and the archives TorchServe unpacked for sentiment that no running process works in (make stop removes its server's own)
 clean: ## remove build outputs and archives, and sentiment's unpacked archives no TorchServe uses any more

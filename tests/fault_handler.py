@@ -3,13 +3,15 @@
 Packed into a separate archive by tests/test_reliability.py (handler.py and its modules go in as
 extra files). A text containing RAISE_MARKER makes the forward pass raise; one containing
 SLEEP_MARKER makes it hang for SLEEP_SECONDS (longer than the archive's responseTimeout), as a
-stuck model would. Every other text is scored as usual.
+stuck model would; one containing EXIT_MARKER ends the worker process, as a crash in native code
+would (TorchServe starts another). Every other text is scored as usual.
 
 TorchServe requires the handler module to define exactly one class: the base class is reached
 through its module (`handler.SentimentHandler`), so it is not a second class of this module.
 """
 
 import logging
+import os
 import time
 
 import handler
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 RAISE_MARKER = "__raise_in_inference__"
 SLEEP_MARKER = "__sleep_in_inference__"
+EXIT_MARKER = "__exit_in_inference__"
 SLEEP_SECONDS = 60
 
 
@@ -28,4 +31,6 @@ class FaultInjectingHandler(handler.SentimentHandler):
             raise RuntimeError("injected fault: " + RAISE_MARKER)
         if any(SLEEP_MARKER in text for text in texts):
             time.sleep(SLEEP_SECONDS)
+        if any(EXIT_MARKER in text for text in texts):
+            os._exit(1)
         return super().forward(texts)
