@@ -314,7 +314,7 @@ def test_paired_comparison_counts_distinct_texts_on_both_versions_answers():
     assert paired["estimated_accuracy"]["difference"] == pytest.approx(((0.9 - 0.8) + (0.8 - 0.7) + (0.6 - 0.6)) / 3)
     assert paired["latency_ratio"] == pytest.approx(2)
     same = promote.paired_comparison(d, d)
-    assert (same["disagreement"], same["probability_psi"], same["estimated_accuracy_z"]) == (0, 0, 0)
+    assert (same["disagreement"], same["probability_psi"], same["estimated_accuracy"]["lower_bound"]) == (0, 0, 0)
 
 
 def test_shadow_checks_judge_what_the_client_got_and_the_workers():
@@ -381,7 +381,7 @@ def test_candidate_failing_on_shadow_traffic_is_rolled_back_by_what_the_client_s
     assert (decision, record["error"]) == ("rolled back", None)
     assert statuses(record["score_checks"]) == {"fresh_held_out_gain": "pass", "test_split_loss": "pass"}
     checks = {r["name"]: r for r in record["bake_checks"]}
-    assert failing(record["bake_checks"]) == caught, checks
+    assert caught <= failing(record["bake_checks"]), checks  # and what follows from them: fewer paired texts, slow answers
     assert checks["inference_errors"]["status"] == "pass"  # the handler saw nothing wrong
     assert record["shadow"]["default"]["failed"] == 0  # D answered every paired request
     assert served(stack["ts"]) == ("1", ["1"]) and record["default_after"] == "1"
