@@ -360,23 +360,24 @@ class Promotion:
             return self.finish("stopped", error=str(error))
         except (Exception, KeyboardInterrupt, Terminated) as error:  # nothing has changed yet (a recovery's actions are in the record)
             return self.finish("nothing done", error=str(error) if isinstance(error, Precondition) else f"{type(error).__name__}: {error}")
-        accepted, error = False, None
+        decision, error = "rolled back", None
         try:
             self.save_state("registering")
             self.admin.register(self.archive.name, initial_workers=1)
             self.act("registered", version=self.n, workers=len(self.admin.workers(version=self.n)))
             self.admin.scale(1, version=self.n)  # in case the archive's minWorkers outweighed initial_workers
-            self.reload_rules(self.n, served=True)
+            self.reload_rules(self.n)
             self.save_state("scoring")
-            accepted = self.score() and self.bake()
-            if accepted:
+            if self.score() and self.bake():
                 self.promote()
+                decision = "promoted"
+        except DefaultChanged as failure:  # someone else's change stands: nothing more is undone
+            decision, error = "stopped", str(failure)
         except (Exception, KeyboardInterrupt, Terminated) as failure:  # whatever broke, N must not stay half-deployed
-            accepted, error = False, f"{type(failure).__name__}: {failure}"
+            error = f"{type(failure).__name__}: {failure}"
             log.error("%s: rolling back", error)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on, finish: a killed run leaves the state file
-        decision = "promoted" if accepted else "rolled back"
-        if not accepted:
+        if decision == "rolled back":
             try:
                 self.roll_back()
             except DefaultChanged as failure:
@@ -384,7 +385,7 @@ class Promotion:
             except Exception as failure:  # the record's default_after and versions_after say where it stopped
                 error = f"{error or 'rejected'}; roll back failed: {type(failure).__name__}: {failure}"
         try:
-            self.reload_rules(self.n, served=accepted)
+            self.reload_rules(self.n)
         except Exception as failure:  # the decision stands; the monitor's rules are stale until `make monitor`
             self.record["warning"] = f"rules not reloaded: {type(failure).__name__}: {failure}; run `make monitor`"
         return self.finish(decision, error=error, done=True)
@@ -405,7 +406,7 @@ class Promotion:
             done = "nothing left to undo"
         self.record["recovered"] = {"state": state, "default": default, "versions": sorted(served), "done": done}
         self.act("recovered a killed run", candidate=n, phase=state["phase"], done=done)
-        self.reload_rules(n, served=default == n)
+        self.reload_rules(n)
         self.state_file.unlink()
         if default not in (n, state["default"]):
             raise DefaultChanged(f"the default is v{default}, neither the killed run's v{state['default']} nor its candidate v{n}")
@@ -467,10 +468,11 @@ class Promotion:
             pass
         raise Precondition(f"no running Prometheus in {pid_file}: `make monitor` starts it (its rules must follow the served versions)")
 
-    def reload_rules(self, version: str, served: bool) -> None:
+    def reload_rules(self, version: str) -> None:
         """`make monitor`'s rules regenerated from the versions served now, Prometheus reloaded, and waited
-        for until it evaluates them (`version`'s reference present or gone)."""
+        for until it evaluates them (`version`'s reference present if it is registered, else gone)."""
         args = self.args
+        served = version in {d["modelVersion"] for d in self.admin.describe(version="all")}
         run = subprocess.run([sys.executable, str(Path(generate_rules.__file__)), "--server", args.management,
                               "--model-store", str(args.model_store), "--rules-out", str(args.prom_home / "rules"), "--tests-out", "",
                               "--window", args.rules_window, "--for", args.rules_for], capture_output=True, text=True, timeout=120)
