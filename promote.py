@@ -7,8 +7,8 @@ promote or roll back) from the canary on, with no step left to a person.
 0. Take the lock (--records/promote.lock: one gate at a time per records folder) and finish or undo what a
    killed run began, as its state file (--records/state.json) says: N unregistered unless it had become the
    default, whose promotion is then completed; the rules reloaded for what is served.
-1. Register model_store/sentiment_vN.mar beside the default version D with one worker (the state file
-   written first), and regenerate and reload the rules of `make monitor`'s Prometheus (--prom-home).
+1. Register model_store/sentiment_vN.mar beside the default version D, scaled to one worker (the state
+   file written first), and regenerate and reload the rules of `make monitor`'s Prometheus (--prom-home).
 2. Score N and D through the server on labels neither trained on: the held-out test split (train.split)
    and, with --fresh, the fresh labels train.py holds out by a hash. The score gate is a paired test on
    the texts one version answers right and the other wrong (exact McNemar, one-sided, ALPHA): N must be
@@ -363,9 +363,11 @@ class Promotion:
         decision, error = "rolled back", None
         try:
             self.save_state("registering")
-            self.admin.register(self.archive.name, initial_workers=1)
+            # TorchServe 0.12 starts the archive's minWorkers whatever `initial_workers` says (2 for v1's config,
+            # measured): the record keeps how many started before the scale to one
+            self.admin.register(self.archive.name)
             self.act("registered", version=self.n, workers=len(self.admin.workers(version=self.n)))
-            self.admin.scale(1, version=self.n)  # in case the archive's minWorkers outweighed initial_workers
+            self.admin.scale(1, version=self.n)
             self.reload_rules(self.n)
             self.save_state("scoring")
             if self.score() and self.bake():

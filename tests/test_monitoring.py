@@ -76,12 +76,40 @@ def test_compare_gives_a_verdict_only_with_enough_traffic(signature):
     negative = {**same, "positive": 0.1 * reference["n"]}
     assert drift.compare(negative, reference)["positive_rate_level"] == "warning"
     assert drift.compare(negative, reference)["verdict"] == "warning"
-    margin = drift.estimated_accuracy_margin(reference)
+    margin = drift.estimated_accuracy_margin(reference, reference["n"])  # at the window's count, not MIN_COUNT's
     for drop, level in ((0.9 * margin, "ok"), (1.1 * margin, "warning")):
         unsure = {**same, "expected_correct": (reference["estimated_accuracy"] - drop) * reference["n"]}
         assert drift.compare(unsure, reference)["estimated_accuracy_level"] == drift.compare(unsure, reference)["verdict"] == level
     few = {key: (value / 10 if key == "predictions" else value) for key, value in negative.items()}
     assert drift.compare(few, reference)["verdict"] == "insufficient data"
+
+
+def chance_pages(versions: int, per_minute: int, days: int = 30, window: int = 30, hold: int = 10, seed: int = 5) -> tuple[int, int]:
+    """SentimentEstimatedAccuracyDrop on traffic that did not change, simulated: each version's reference (v1's
+    sd and n) reads off by one draw of its sampling error, its windows of `window` minutes of `per_minute`
+    answers are evaluated every minute against drift.estimated_accuracy_margin at their count, and an
+    alert fires when the condition holds `hold` minutes on (normal means, minute by minute). Returns
+    (alerts, versions that paged at all)."""
+    np = pytest.importorskip("numpy")
+    rng, reference = np.random.default_rng(seed), {"estimated_accuracy_sd": 0.1234, "n": 1066}
+    sd, margin = reference["estimated_accuracy_sd"], drift.estimated_accuracy_margin(reference, per_minute * window)
+    alerts, paged = 0, 0
+    for _ in range(versions):
+        bias = rng.normal(0, sd / math.sqrt(reference["n"]))
+        minutes = rng.normal(0, sd / math.sqrt(per_minute), days * 24 * 60 + window)
+        low = np.convolve(minutes, np.ones(window) / window, mode="valid") < bias - margin
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], low.astype(int), [0]])))
+        episodes = int(np.sum(edges[1::2] - edges[::2] > hold))
+        alerts, paged = alerts + episodes, paged + (episodes > 0)
+    return alerts, paged
+
+
+def test_estimated_accuracy_alert_pages_by_chance_about_one_version_in_a_thousand():
+    """The margin at the window's own count, with the reference's error as the fixed bias it is for all of a
+    version's windows: a margin pooling both errors paged 6 of 400 unchanged versions, again and again."""
+    for per_minute in (1000, 14):  # a busy service, and one just over MIN_COUNT in 30 minutes
+        alerts, paged = chance_pages(1000, per_minute)
+        assert paged <= 5 and alerts <= 10, (per_minute, alerts, paged)  # of 1,000 versions, 30,000 version-days
 
 
 # --- the rules ---------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ API): every version it serves, each signature read from the archive it was regis
   reference.rules.yml  the reference of each version as constant series, labelled
                        {ModelName, ModelVersion} (+ le for a bin): sentiment:reference_positive_rate,
                        sentiment:reference_probability_share, sentiment:reference_input_kchars_share,
-                       sentiment:reference_estimated_accuracy and its alert margin
+                       sentiment:reference_estimated_accuracy, its _sd and sentiment:reference_n
   drift.rules.yml      live bin counts, shares and PSI over --window, the positive rate, the estimated
-                       accuracy (sentiment:estimated_accuracy, not named by its window), and the alerts
+                       accuracy and its alert margin at the window's count (sentiment:estimated_accuracy,
+                       sentiment:estimated_accuracy_margin, not named by their window), and the alerts
   latency.rules.yml    SentimentLatencyHigh per version measured by `make bench` (bench/results/results*.json)
 and into --tests-out (default deploy/prometheus/tests/; '' for none) drift.test.yml, whose series are
 built from the first version's reference and whose expected PSIs are computed by drift.psi, so
@@ -84,8 +85,10 @@ def reference_rules(signatures: list[Signature]) -> dict:
         if "estimated_accuracy" in reference:
             rules.append({"record": "sentiment:reference_estimated_accuracy", "expr": f"vector({number(reference['estimated_accuracy'])})",
                           "labels": dict(version)})
-            rules.append({"record": "sentiment:reference_estimated_accuracy_margin",
-                          "expr": f"vector({number(drift.estimated_accuracy_margin(reference))})", "labels": dict(version)})
+            # the margin is the window's own (sentiment:estimated_accuracy_margin): these are its reference terms
+            rules.append({"record": "sentiment:reference_estimated_accuracy_sd",
+                          "expr": f"vector({number(reference['estimated_accuracy_sd'])})", "labels": dict(version)})
+            rules.append({"record": "sentiment:reference_n", "expr": f"vector({reference['n']})", "labels": dict(version)})
         else:
             print(f"{signature.model_name} v{signature.version}: exported before calibration, no estimated accuracy in its reference: "
                   "re-export it for SentimentEstimatedAccuracyDrop", file=sys.stderr)
@@ -130,6 +133,10 @@ def drift_rules(window: str, hold: str, positive: str = "positive") -> dict:
     rules.append({"record": "sentiment:estimated_accuracy", "expr": (
         f"sum by ({BY}) (increase(SentimentExpectedCorrect[{window}]))\n"
         f"/ sentiment:predictions:increase{window}")})
+    # How far below the reference's the estimate may fall by chance at the window's own count (drift.estimated_accuracy_margin).
+    rules.append({"record": "sentiment:estimated_accuracy_margin", "expr": (
+        f"{drift.ESTIMATED_ACCURACY_Z} * sentiment:reference_estimated_accuracy_sd\n"
+        f"* (1 / sqrt(sentiment:predictions:increase{window}) + 1 / sqrt(sentiment:reference_n))")})
 
     alerts = [{
         "alert": "SentimentPositiveRateDrift",
@@ -161,14 +168,14 @@ def drift_rules(window: str, hold: str, positive: str = "positive") -> dict:
     alerts.append({
         "alert": "SentimentEstimatedAccuracyDrop",
         "expr": ("sentiment:estimated_accuracy\n"
-                 "< sentiment:reference_estimated_accuracy - sentiment:reference_estimated_accuracy_margin\n"
+                 "< sentiment:reference_estimated_accuracy - sentiment:estimated_accuracy_margin\n"
                  f"and on ({BY}) {enough}"),
         "for": hold, "labels": {"severity": "warning"},
         "annotations": {
             "summary": "Sentiment v{{ $labels.ModelVersion }}: estimated accuracy {{ $value | humanizePercentage }}",
             "description": (f"Over {window} the accuracy expected from the calibrated probabilities (mean of max(p, 1 - p)) fell "
-                            "below the test split's (sentiment:reference_estimated_accuracy) by more than chance allows at "
-                            f"{drift.MIN_COUNT} predictions (sentiment:reference_estimated_accuracy_margin): the model is less sure of "
+                            "below the test split's (sentiment:reference_estimated_accuracy) by more than chance allows at the "
+                            "window's count of predictions (sentiment:estimated_accuracy_margin): the model is less sure of "
                             "this traffic. Check with `make drift-report`, then label a sample (`make evaluate DATA=...`). "
                             "It cannot see labels changing meaning for the same texts."),
         },
@@ -379,16 +386,18 @@ def drift_tests(signature: Signature, rules: dict, window: str) -> dict:
             {"alertname": "SentimentPositiveRateDrift", "eval_time": "60m", "exp_alerts": []},
         ],
     })
-    # 5. Traffic the model is less sure of: the estimated accuracy falls by 1.5 margins (fires) or by half a margin (silent).
-    margin = drift.estimated_accuracy_margin(reference)
+    # 5. Traffic the model is less sure of: the estimated accuracy falls by 1.5 margins (fires) or by half a margin (silent),
+    #    the margin at the window's count (30 minutes of 1,066 a minute), narrower than at MIN_COUNT.
+    margin = drift.estimated_accuracy_margin(reference, 30 * sum(probability))
     for drop, fires in ((1.5, True), (0.5, False)):
         lower = round(accuracy - drop * margin, 3)  # a value humanizePercentage renders without a rounding tie
         tests.append({
-            "name": f"estimated accuracy {lower} against the reference's {accuracy} (margin {margin:.4f} at {drift.MIN_COUNT} predictions): "
+            "name": f"estimated accuracy {lower} against the reference's {accuracy} (margin {margin:.4f} at {30 * sum(probability):.0f} predictions): "
                     + ("SentimentEstimatedAccuracyDrop fires" if fires else "within chance, silent"),
             "interval": "1m",
             "input_series": traffic(version, probability, kchars, rate, lower, 60),
-            "promql_expr_test": [close_to("sentiment:estimated_accuracy", lower, version, 1e-6)],
+            "promql_expr_test": [close_to("sentiment:estimated_accuracy", lower, version, 1e-6),
+                                 close_to("sentiment:estimated_accuracy_margin", margin, version, 1e-6)],
             "alert_rule_test": [{"alertname": "SentimentEstimatedAccuracyDrop", "eval_time": "60m",
                                  "exp_alerts": [expected_alert("SentimentEstimatedAccuracyDrop", "warning", version, rules, lower)] if fires else []},
                                 {"alertname": "SentimentProbabilityDrift", "eval_time": "60m", "exp_alerts": []}],
