@@ -45,6 +45,17 @@ REFERENCE_EXPORTS ?= build/v1/export
 TS_FRONTEND := org.pytorch.serve.ModelServer
 STOP_WAIT  ?= 20
 # where `torchserve --start` writes the frontend's pid: $TMPDIR (or /tmp)/.model_server.pid
+# TOKEN=on: TorchServe 0.12's token authorization, which guards management and inference together (one switch,
+# docs/security.md); TorchServe writes key_file.json (mode 0600) in its working directory, KEY_DIR, outside the
+# tree. The make targets below send its key whenever the file is there, make stop removes it; TOKEN_MINUTES is the
+# keys' lifetime.
+TOKEN      ?= off
+KEY_DIR    ?= $(HOME)/.config/sentiment-serving
+KEY_FILE   := $(KEY_DIR)/key_file.json
+TOKEN_MINUTES ?= 60
+# `curl $(call AUTH,management) ...`: that API's key as a bearer token, read when curl runs (empty without a key
+# file; TorchServe without token authorization ignores the header)
+AUTH = --oauth2-bearer "$$($(PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["key"])' $(KEY_FILE) $(1) 2>/dev/null)"
 TS_PID_FILE = $(or $(TMPDIR),/tmp)/.model_server.pid
 # where TorchServe unpacks each archive it registers (one folder a registration, kept after it stops): the
 # JVM's temp dir, $TEMP (which torchserve passes to it as java.io.tmpdir) or /tmp
@@ -110,13 +121,17 @@ serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAG
 	sed -e 's|^inference_address=.*|inference_address=$(INFERENCE)|' -e 's|^management_address=.*|management_address=$(MANAGEMENT)|' \
 		-e 's|^metrics_address=.*|metrics_address=$(METRICS)|' -e 's|^model_store=.*|model_store=$(STORE)|' \
 		-e 's|^grpc_inference_port=.*|grpc_inference_port=$(GRPC_INFERENCE_PORT)|' \
-		-e 's|^grpc_management_port=.*|grpc_management_port=$(GRPC_MANAGEMENT_PORT)|' config.properties > $(LOGS)/config.properties
-	LOG_LOCATION=$(LOGS) METRICS_LOCATION=$(LOGS) $(BIN)/torchserve --start --ncs --ts-config $(LOGS)/config.properties --log-config log4j2.xml \
+		-e 's|^grpc_management_port=.*|grpc_management_port=$(GRPC_MANAGEMENT_PORT)|' \
+		$(if $(filter on,$(TOKEN)),-e 's|^disable_token_authorization=.*|disable_token_authorization=false\ntoken_expiration_min=$(TOKEN_MINUTES)|') \
+		config.properties > $(LOGS)/config.properties
+	$(if $(filter on,$(TOKEN)),mkdir -p -m 700 $(KEY_DIR))
+	cd $(if $(filter on,$(TOKEN)),$(KEY_DIR),.) && LOG_LOCATION=$(abspath $(LOGS)) METRICS_LOCATION=$(abspath $(LOGS)) $(abspath $(BIN))/torchserve --start --ncs \
+		--ts-config $(abspath $(LOGS))/config.properties --log-config $(abspath log4j2.xml) --model-store $(abspath $(STORE)) \
 		$(if $(BESIDE_V1),--models $(MODEL_NAME).mar $(MAR_NAME).mar) \
-		$(if $(filter on,$(MODEL_API)),--enable-model-api) > $(LOGS)/console.log 2>&1 || { cat $(LOGS)/console.log; exit 1; }
+		$(if $(filter on,$(MODEL_API)),--enable-model-api) > $(abspath $(LOGS))/console.log 2>&1 || { cat $(LOGS)/console.log; exit 1; }
 	@for i in $$(seq 180); do \
-		curl -sf --max-time 2 $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION) | grep -q '"status": "READY"' && { \
-			$(if $(BESIDE_V1),curl -sf -X PUT $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
+		curl -sf --max-time 2 $(call AUTH,management) $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION) | grep -q '"status": "READY"' && { \
+			$(if $(BESIDE_V1),curl -sf -X PUT $(call AUTH,management) $(MANAGEMENT)/models/$(MODEL_NAME)/$(VERSION)/set-default > /dev/null || exit 1;) \
 			echo "TorchServe is healthy: $(INFERENCE)/predictions/$(MODEL_NAME) (default version $(VERSION))"; exit 0; }; \
 		kill -0 $$(cat "$(TS_PID_FILE)" 2>/dev/null) 2>/dev/null || { echo "TorchServe exited while starting:"; break; }; \
 		sleep 1; done; tail -20 $(LOGS)/ts_log.log 2>/dev/null; echo "TorchServe did not become healthy; see $(LOGS)/ts_log.log"; exit 1
@@ -130,24 +145,25 @@ stop: ## stop TorchServe started by `make serve` (and Prometheus started by `mak
 	if [ -n "$$pid" ] && alive $$pid prometheus; then kill $$pid; gone $$pid prometheus || kill -9 $$pid; echo "Prometheus stopped"; fi; \
 	rm -f $(PROM_HOME)/prometheus.pid; \
 	pid=$$(cat "$(TS_PID_FILE)" 2>/dev/null); \
+	keys=$$([ -n "$$pid" ] && readlink /proc/$$pid/cwd)/key_file.json; [ -f "$$keys" ] || keys=; \
 	unpacked=$$([ -n "$$pid" ] && for w in $$(pgrep -P $$pid); do readlink /proc/$$w/cwd; done | grep "^$(TS_MODELS)/" | sort -u); \
 	$(BIN)/torchserve --stop; \
 	if [ -n "$$pid" ] && ! gone $$pid $(TS_FRONTEND); then \
 		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see $(LOGS)/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi; \
-	rm -rf $$unpacked
+	rm -rf $$unpacked; [ -z "$$keys" ] || rm -f "$$keys"
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
 	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
 
 predict: ## curl one prediction (TEXT="...")
-	curl -s -X POST $(INFERENCE)/predictions/$(MODEL_NAME) -H 'Content-Type: application/json' \
+	curl -s -X POST $(call AUTH,inference) $(INFERENCE)/predictions/$(MODEL_NAME) -H 'Content-Type: application/json' \
 		-d "$$($(PY) -c 'import json,sys; print(json.dumps({"text": sys.argv[1]}))' "$$TEXT")"; echo
 
 scale: ## set the worker count through the management API (N=2)
-	curl -s -X PUT "$(MANAGEMENT)/models/$(MODEL_NAME)?min_worker=$(N)&max_worker=$(N)&synchronous=true"; echo
+	curl -s -X PUT $(call AUTH,management) "$(MANAGEMENT)/models/$(MODEL_NAME)?min_worker=$(N)&max_worker=$(N)&synchronous=true"; echo
 
 status: ## describe the model and its workers
-	curl -s $(MANAGEMENT)/models/$(MODEL_NAME); echo
+	curl -s $(call AUTH,management) $(MANAGEMENT)/models/$(MODEL_NAME); echo
 
 # The tests run in TEST_WORKERS processes, a file each at a time (a file's servers stay in one process); most of
 # their time is spent waiting on servers, so more processes than cores pays. The quick transformer the tests share

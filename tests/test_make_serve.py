@@ -154,3 +154,21 @@ def test_make_serve_version_2_serves_v2_by_default_and_v1_beside_it(tmp_path, ex
     assert default[0] == 200 and json.loads(default[1])["model_version"] == "2", default
     assert v1[0] == 200 and json.loads(v1[1]) == PREDICTION_EXAMPLE, v1
     assert stopped.returncode == 0 and not left, (stopped.stdout + stopped.stderr, left)
+
+
+def test_make_serve_token_on_guards_management_and_the_make_targets_send_its_key(tmp_path, export_dir):
+    """`make serve TOKEN=on`: TorchServe's token authorization with its key file in KEY_DIR (outside the tree,
+    owner-only); a management call without the key is refused, `make scale` and `make status` send it."""
+    key_file = tmp_path / "keys" / "key_file.json"
+    scale_to_1 = "curl -s -X PUT 'http://127.0.0.1:8081/models/sentiment?min_worker=1&max_worker=1&synchronous=true'"
+    with make_serve(tmp_path, "TOKEN=on", f"KEY_DIR={key_file.parent}") as server:
+        mode = key_file.stat().st_mode & 0o777
+        without_key = server.curl(scale_to_1)
+        scaled, status = server.make("scale", "N=1"), server.make("status")
+        stopped = server.make("stop", timeout=60)
+    assert mode == 0o600
+    assert without_key[0] == 400 and "Token Authorization failed" in without_key[1], without_key
+    assert scaled.returncode == 0 and "Workers scaled to 1" in scaled.stdout, scaled.stdout
+    (description,) = json.loads(status.stdout[status.stdout.index("\n[") + 1:])  # after make's echo of the command
+    assert [w["status"] for w in description["workers"]] == ["READY"], description
+    assert stopped.returncode == 0 and not key_file.exists(), stopped.stdout + stopped.stderr
