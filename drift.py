@@ -32,11 +32,10 @@ window of a version, so a margin from their pooled error (ESTIMATED_ACCURACY_Z *
 1/m)) lets a version whose reference happened to read high page again and again (simulated at 1,000
 answers a minute: 1,214 alerts in 12,000 version-days, all from 6 of 400 versions). The margin adds
 ESTIMATED_ACCURACY_Z standard errors of each, sd(c) * (1/sqrt(n) + 1/sqrt(m)), at the window's own
-n (computed in PromQL from its count, sentiment:estimated_accuracy_margin; v1: 0.031 at n =
-MIN_COUNT, 0.014 at 30 minutes of 1,000 a minute, never under 0.012 however busy the window): a
-drop of 1.5 points is seen in a busy window, 3 in one of 400. Paging rate by chance (simulated,
-tests/test_monitoring.py): 2 alerts in 60,000 version-days at 1,000 answers a minute (2 of 2,000
-versions ever paged), 6 at 14 a minute."""
+n (computed in PromQL from its count, sentiment:estimated_accuracy_margin; docs/monitoring.md
+gives v1's): a busy window sees a drop that one of MIN_COUNT answers cannot. Paging rate by chance
+(simulated, tests/test_monitoring.py; the sd cancels): 2 alerts in 60,000 version-days at 1,000
+answers a minute (2 of 2,000 versions ever paged), 6 at 14 a minute."""
 
 import math
 
@@ -90,11 +89,12 @@ def bin_counts(values: list[float], le: tuple[float, ...]) -> list[int]:
 
 
 def reference_distribution(probabilities: list[float], texts: list[str], signature: Signature,
-                           labels: list[int] | None = None) -> dict:
+                           labels: list[int] | None = None, lengths: list[int] | None = None) -> dict:
     """The test split as the served model sees it, in the served histograms' bins: probabilities
     (rounded and labelled as the handler answers them), the positive rate, input lengths in
-    thousands of characters; with the true `labels` (1 positive), the probability bins per class."""
-    rounded, predicted = labelled([float(p) for p in probabilities], signature)
+    thousands of characters; with the true `labels` (1 positive), the probability bins per class. `lengths`:
+    encoder.lengths(texts), where the calibration reads them."""
+    rounded, predicted = labelled([float(p) for p in probabilities], signature, lengths)
     kchars = [len(text) / 1000 for text in texts]
     n = len(rounded)
     probability = {"le": [le_label(b) for b in PROBABILITY_LE], "counts": bin_counts(rounded, PROBABILITY_LE)}

@@ -85,8 +85,8 @@ def test_compare_gives_a_verdict_only_with_enough_traffic(signature):
 
 
 def chance_pages(versions: int, per_minute: int, days: int = 30, window: int = 30, hold: int = 10, seed: int = 5) -> tuple[int, int]:
-    """SentimentEstimatedAccuracyDrop on traffic that did not change, simulated: each version's reference (v1's
-    sd and n) reads off by one draw of its sampling error, its windows of `window` minutes of `per_minute`
+    """SentimentEstimatedAccuracyDrop on traffic that did not change, simulated: each version's reference (1,066
+    answers; the sd cancels, margin and noise scale with it) reads off by one draw of its sampling error, its windows of `window` minutes of `per_minute`
     answers are evaluated every minute against drift.estimated_accuracy_margin at their count, and an
     alert fires when the condition holds `hold` minutes on (normal means, minute by minute). Returns
     (alerts, versions that paged at all)."""
