@@ -79,6 +79,10 @@ class Core:
     def __call__(self, texts: list[str]) -> list[float]:
         return predict_proba(self.model, texts, self.encoder).tolist()
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """What the calibration reads of each text besides its probability (payload.labelled)."""
+        return self.encoder.lengths(texts)
+
     def explain(self, texts: list[str]) -> list[list[dict]]:
         """Each text's words with their contributions, as the explanations endpoint answers them."""
         if self.explainer is None:
@@ -209,7 +213,9 @@ def score_frame(frame: pd.DataFrame, score, column: str, signature: Signature, e
     probabilities = [math.nan] * len(frame)
     labels = [None] * len(frame)
     # Rounded and labelled exactly as the endpoint answers (payload.labelled), so a text gets the same label online and offline.
-    for i, p, label in zip(good, *labelled(score([values[i] for i in good]), signature)):
+    texts = [values[i] for i in good]
+    lengths = score.lengths(texts) if signature.reads_lengths else None
+    for i, p, label in zip(good, *labelled(score(texts), signature, lengths)):
         probabilities[i], labels[i] = p, label
     out = frame.copy()
     out["probability"] = pd.Series(probabilities, index=frame.index, dtype="float64")

@@ -89,11 +89,12 @@ def bin_counts(values: list[float], le: tuple[float, ...]) -> list[int]:
 
 
 def reference_distribution(probabilities: list[float], texts: list[str], signature: Signature,
-                           labels: list[int] | None = None) -> dict:
+                           labels: list[int] | None = None, lengths: list[int] | None = None) -> dict:
     """The test split as the served model sees it, in the served histograms' bins: probabilities
     (rounded and labelled as the handler answers them), the positive rate, input lengths in
-    thousands of characters; with the true `labels` (1 positive), the probability bins per class."""
-    rounded, predicted = labelled([float(p) for p in probabilities], signature)
+    thousands of characters; with the true `labels` (1 positive), the probability bins per class. `lengths`:
+    encoder.lengths(texts), where the calibration reads them."""
+    rounded, predicted = labelled([float(p) for p in probabilities], signature, lengths)
     kchars = [len(text) / 1000 for text in texts]
     n = len(rounded)
     probability = {"le": [le_label(b) for b in PROBABILITY_LE], "counts": bin_counts(rounded, PROBABILITY_LE)}

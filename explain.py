@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         signature = Signature.load(args.artifact)
         encoder = load_encoder(args.artifact, signature)
         core = torch.jit.load(str(args.artifact / signature.model_file)).eval()
-        (probability,), (label,) = labelled(predict_proba(core, [args.text], encoder).tolist(), signature)
+        (probability,), (label,) = labelled(predict_proba(core, [args.text], encoder).tolist(), signature, encoder.lengths([args.text]))
         answer = {"label": label, "probability": probability, "model_version": signature.version,
                   **explainer_for(core, encoder, signature)(args.text).as_dict()}
     print(render(args.text, answer, args.top, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))

@@ -8,7 +8,7 @@ model.onnx (the same core for ONNX Runtime), the featuriser's file (vocab.json f
 tokenizer.json for v2) and signature.json. Before writing the signature it checks that both
 exported cores agree with the eager model on the held-out test set of the data the model was
 trained on. It then fits the calibration of the served probabilities on the validation split
-(`fit_calibration`) and records the test split as the served model sees it (drift.reference_distribution).
+(`fit_calibration`: Platt scaling, with a term for the text's length where cross-validation prefers it) and records the test split as the served model sees it (drift.reference_distribution).
 """
 
 import argparse
@@ -21,14 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 
 from drift import reference_distribution
 from model_def import ModelConfig, SentimentClassifier, TransformerClassifier, TransformerConfig, predict_proba
+from payload import labelled
 from signature import CALIBRATION_CLIP, LIMITS, MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder
 from text import Features
 from train import held_out
 
 PARITY_TOLERANCE = {NBSVM: 1e-5, TRANSFORMER: 1e-4}  # max |probability difference| on the test set
+CALIBRATION_METHODS = ("platt", "platt_length")  # the maps fit_calibration chooses from (fit_map)
+CALIBRATION_FOLDS, CALIBRATION_SHUFFLES = 5, 5  # its cross-validation within the validation split
 log = logging.getLogger("export")
 
 
@@ -85,19 +89,57 @@ def held_out_texts(metrics: dict) -> list[str]:
     return held_out(metrics)[0]
 
 
-def fit_calibration(probabilities: list[float], labels: list[int]) -> dict:
-    """Platt scaling: the label's logistic regression on the core's logit, fitted by maximum likelihood,
-    so that a served probability p = sigmoid(slope * logit + intercept) means "a share p of such texts is
-    positive", as the estimated accuracy (drift.py) needs. Two parameters do not overfit the thousand
-    validation texts, where isotonic regression does (Niculescu-Mizil & Caruana 2005; on v1 its
-    cross-validated log loss is worse than no calibration: scripts/calibration.py), and the map is
-    increasing, so the core's ranking and ROC AUC are unchanged."""
+def calibration_folds(labels: list[int]):
+    """(fit, held) row indices: CALIBRATION_FOLDS-fold stratified cross-validation, CALIBRATION_SHUFFLES shuffles."""
+    labels = np.asarray(labels)
+    for shuffle in range(CALIBRATION_SHUFFLES):
+        yield from StratifiedKFold(CALIBRATION_FOLDS, shuffle=True, random_state=shuffle).split(labels, labels)
+
+
+def fit_map(probabilities: list[float], labels: list[int], lengths: list[int], method: str) -> dict:
+    """One map of CALIBRATION_METHODS fitted by maximum likelihood (the label's logistic regression on the
+    terms): "platt", sigmoid(slope * z + intercept) of the core's logit z (Platt 1999), or "platt_length",
+    which adds length_slope * z / sqrt(n) for a text the model reads as n tokens (encoder.lengths). v1's
+    logit sums a term per n-gram, so it grows with the text: one slope leaves 20-word snippets
+    underconfident where it fits 230-word reviews; z / sqrt(n) lets the slope fall with the length."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), CALIBRATION_CLIP, 1 - CALIBRATION_CLIP)
-    fit = LogisticRegression(C=np.inf).fit(np.log(p / (1 - p))[:, None], labels)
-    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-    if slope <= 0:
-        raise SystemExit(f"calibration slope {slope:.3g} <= 0 on the validation split: the model ranks no better than chance")
-    return {"method": "platt", "slope": slope, "intercept": intercept, "fitted_on": "validation split", "n": len(labels)}
+    z = np.log(p / (1 - p))
+    terms = [z] if method == "platt" else [z, z / np.sqrt(np.maximum(np.asarray(lengths, dtype=np.float64), 1))]
+    fit = LogisticRegression(C=np.inf).fit(np.column_stack(terms), labels)
+    coefficients = [float(c) for c in fit.coef_[0]]
+    return {"method": method, "slope": coefficients[0], "intercept": float(fit.intercept_[0]),
+            **({"length_slope": coefficients[1]} if method == "platt_length" else {})}
+
+
+def increasing(calibration: dict) -> bool:
+    """Whether the map increases with the logit at every length n >= 1: slope + length_slope / sqrt(n) > 0."""
+    return calibration["slope"] > 0 and calibration["slope"] + calibration.get("length_slope", 0) > 0
+
+
+def log_loss(probabilities, labels) -> float:
+    q, y = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6), np.asarray(labels)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def fit_calibration(probabilities: list[float], labels: list[int], lengths: list[int]) -> dict:
+    """The served map, so that a served probability p means "a share p of such texts is positive", as the
+    estimated accuracy (drift.py) needs: of CALIBRATION_METHODS, the one with the lowest log loss by
+    cross-validation within the validation texts (never the test split), refitted on all of them. Both
+    are parametric and few-parametered, so they do not overfit a few thousand texts (isotonic regression,
+    compared in scripts/calibration.py, does worse), and both increase with the logit at every length."""
+    p, y, n = np.asarray(probabilities, dtype=np.float64), np.asarray(labels), np.asarray(lengths)
+    cv = {method: [] for method in CALIBRATION_METHODS}
+    for fit, held in calibration_folds(labels):
+        for method in CALIBRATION_METHODS:
+            signature = Signature("", "", None, {}, {}, calibration=fit_map(p[fit], y[fit], n[fit], method))
+            cv[method].append(log_loss(labelled(p[held].tolist(), signature, n[held].tolist())[0], y[held]))
+    fits = {method: fit_map(p, y, n, method) for method in CALIBRATION_METHODS}
+    candidates = [method for method in CALIBRATION_METHODS if increasing(fits[method])]
+    if not candidates:
+        raise SystemExit(f"calibration slope {fits['platt']['slope']:.3g} <= 0 on the validation split: the model ranks no better than chance")
+    chosen = min(candidates, key=lambda method: np.mean(cv[method]))
+    return {**fits[chosen], "fitted_on": "validation split", "n": len(labels),
+            "cv_log_loss": {method: round(float(np.mean(losses)), 4) for method, losses in cv.items()}}
 
 
 def main() -> None:
@@ -134,10 +176,13 @@ def main() -> None:
         log.info("%s parity on %d test texts: max |diff| %.1e", name, len(test_texts), diff)
 
     validation_texts, validation_labels = held_out(metrics, "validation")
-    signature.calibration = fit_calibration(predict_proba(model, validation_texts, encoder).tolist(), validation_labels)
-    log.info("calibration on %d validation texts: served probability = sigmoid(%.4f * logit %+.4f)",
-             len(validation_labels), signature.calibration["slope"], signature.calibration["intercept"])
-    signature.reference = reference_distribution(eager.tolist(), test_texts, signature)  # what monitoring compares traffic with
+    signature.calibration = fit_calibration(predict_proba(model, validation_texts, encoder).tolist(), validation_labels,
+                                            encoder.lengths(validation_texts))
+    log.info("calibration on %d validation texts: %s (cross-validated log loss %s)", len(validation_labels),
+             {k: signature.calibration[k] for k in ("method", "slope", "length_slope", "intercept") if k in signature.calibration},
+             signature.calibration["cv_log_loss"])
+    signature.reference = reference_distribution(eager.tolist(), test_texts, signature,  # what monitoring compares traffic with
+                                                 lengths=encoder.lengths(test_texts))
     signature.save(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     test = metrics["test"]

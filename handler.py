@@ -138,7 +138,8 @@ class SentimentHandler(BaseHandler):
         if not requests:
             return
         try:
-            answer_all(requests, self.forward([text for request in requests for text in request.texts]), self.signature)
+            probabilities, lengths = self.forward([text for request in requests for text in request.texts])
+            answer_all(requests, probabilities, self.signature, lengths)
             return
         except Exception as error:
             if len(requests) == 1:
@@ -168,8 +169,10 @@ class SentimentHandler(BaseHandler):
                     log.exception("explanation failed for one request")
                     request.error = RequestError("inference_error", f"explanation failed: {type(error).__name__}")
 
-    def forward(self, texts: list[str]) -> list[float]:
-        return predict_proba(self.model, texts, self.encoder).tolist()
+    def forward(self, texts: list[str]) -> tuple[list[float], list[int] | None]:
+        """The core's probabilities and the lengths the calibration reads, if it reads them (timed together by measure_cost)."""
+        lengths = self.encoder.lengths(texts) if self.signature.reads_lengths else None
+        return predict_proba(self.model, texts, self.encoder).tolist(), lengths
 
     def postprocess(self, parsed: list[Parsed]) -> list[dict]:
         for idx, request in enumerate(parsed):

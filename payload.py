@@ -58,9 +58,9 @@ class Parsed:
     explain: bool = False  # asked through an explanations endpoint: answered by `explanation_body`
     explanations: list[dict] | None = None  # per text: explain.Explanation.as_dict()
 
-    def answer(self, probabilities: list[float], signature: "Signature") -> "Parsed":
+    def answer(self, probabilities: list[float], signature: "Signature", lengths: list[int] | None = None) -> "Parsed":
         """Record the model's probabilities as answered and their labels, once: the response body and the metrics read both."""
-        self.probabilities, self.labels = labelled(probabilities, signature)
+        self.probabilities, self.labels = labelled(probabilities, signature, lengths)
         return self
 
 
@@ -168,20 +168,26 @@ def check_unicode(text: str, where: str) -> str:
     return text
 
 
-def answer_all(requests: list[Parsed], probabilities: list[float], signature: Signature) -> None:
-    """Give each request its share of one forward pass over all their texts, concatenated in order."""
+def answer_all(requests: list[Parsed], probabilities: list[float], signature: Signature, lengths: list[int] | None = None) -> None:
+    """Give each request its share of one forward pass over all their texts, concatenated in order (and of
+    their `lengths`, encoder.lengths, where the calibration reads them)."""
     cursor = 0
     for request in requests:
-        request.answer(probabilities[cursor : cursor + len(request.texts)], signature)
-        cursor += len(request.texts)
+        end = cursor + len(request.texts)
+        request.answer(probabilities[cursor:end], signature, None if lengths is None else lengths[cursor:end])
+        cursor = end
 
 
-def labelled(probabilities: list[float], signature: Signature) -> tuple[list[float], list[str]]:
-    """The core's probabilities as answered, calibrated (Signature.calibrate) and rounded to 6 decimals,
-    and their labels, taken from the rounded value so that an answer never disagrees with itself. The
-    one place that calibrates and labels: the handler, its metrics, the drift reference and batch
-    scoring all go through it, so a text gets the same answer online and offline."""
-    rounded = [round(signature.calibrate(p), 6) for p in probabilities]
+def labelled(probabilities: list[float], signature: Signature, lengths: list[int] | None = None) -> tuple[list[float], list[str]]:
+    """The core's probabilities as answered, calibrated (Signature.calibrate, which may read each text's
+    `lengths`: encoder.lengths) and rounded to 6 decimals, and their labels, taken from the rounded value
+    so that an answer never disagrees with itself. The one place that calibrates and labels: the handler,
+    its metrics, the drift reference and batch scoring all go through it, so a text gets the same answer
+    online and offline."""
+    lengths = [None] * len(probabilities) if lengths is None else lengths
+    if len(lengths) != len(probabilities):
+        raise ValueError(f"{len(probabilities)} probabilities but {len(lengths)} lengths")
+    rounded = [round(signature.calibrate(p, n), 6) for p, n in zip(probabilities, lengths)]
     return rounded, [signature.label(p) for p in rounded]
 
 

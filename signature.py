@@ -18,13 +18,17 @@ NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
 # Texts a request may hold, per version, written into the signature by export.py. v2's are few: with 2
 # workers on 2 cores its forward pass costs ~55 ms a text of max_length tokens and an explanation STEPS + 2
 # passes, and a batch (model-config-v2.yaml: batchSize 8) must end well within its responseTimeout.
-LIMITS = {NBSVM: {"max_texts": 64, "max_explain_texts": 64}, TRANSFORMER: {"max_texts": 16, "max_explain_texts": 2}}
+# Every version takes reviews of up to MAX_CHARS characters (the longest IMDB reviews run to ~14k).
+MAX_CHARS = 20_000
+LIMITS = {NBSVM: {"max_texts": 64, "max_explain_texts": 64, "max_chars": MAX_CHARS},
+          TRANSFORMER: {"max_texts": 16, "max_explain_texts": 2, "max_chars": MAX_CHARS}}
 TRANSFORMER_INPUTS = [
     {"name": "input_ids", "dtype": "int64", "shape": ["batch", "length"], "doc": "WordPiece ids, [CLS] ... [SEP], padded with 0"},
     {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "length"], "doc": "1 for a real token, 0 for padding"},
 ]
 # A float32 sigmoid reaches 1.0 for logits above ~16.6: probabilities are clipped to this distance from 0 and 1
-# before their logit is taken, by the calibration's fit (export.py) and by every use of it (Signature.calibrate).
+# before their logit is taken, by the calibration's fit (export.py) and by every use of it (Signature.calibrate),
+# and so are the calibrated probabilities.
 CALIBRATION_CLIP = 1e-7
 
 
@@ -40,7 +44,7 @@ class Signature:
     threshold: float = 0.5
     # The limits and cost model, in one place: export writes them here (per version: LIMITS), the handler,
     # batch_predict, ts_properties (config.properties' sizes) and docs/api.md read them back.
-    max_chars: int = 10_000  # per text, as sent and once normalised; long film reviews run to ~14k characters
+    max_chars: int = MAX_CHARS  # per text, as sent and once normalised
     max_texts: int = 64  # per prediction request in {"texts": [...]} or a KServe v2 input
     max_explain_texts: int = 64  # per explanation request
     # The characters of the words an explanation request's answer lists, all its texts together: the tokens
@@ -50,7 +54,7 @@ class Signature:
     # A text costs its share of the costliest admissible text (worst_case.py) in proportion to its normalised
     # length, up to all of it from `full_cost_chars` on (v1: max_chars; v2: max_length tokens). The seconds are
     # measured by each worker at start, on its host (worst_case.measure_cost), not shipped in the archive.
-    full_cost_chars: int = 10_000
+    full_cost_chars: int = MAX_CHARS
     model_file: str = MODEL_FILE
     onnx_file: str = ONNX_FILE
     vocab_file: str | None = VOCAB_FILE  # v1
@@ -66,8 +70,10 @@ class Signature:
     outputs: list = field(
         default_factory=lambda: [{"name": "logit", "dtype": "float32", "shape": ["batch"], "doc": "the core's P(positive) = sigmoid(logit); served calibrated (calibration)"}]
     )
-    # Platt scaling fitted by export.py on the validation split, {"method": "platt", "slope", "intercept", ...}: the
-    # served probability is sigmoid(slope * logit + intercept) of the core's logit (Signature.calibrate). None: the core's own.
+    # The map export.py fitted on the validation split (export.fit_calibration), {"method", "slope", "intercept",
+    # "length_slope", ...}: the served probability is sigmoid(slope * z + length_slope * z / sqrt(n) + intercept) of the
+    # core's logit z and the n tokens the model reads of the text (encoder.lengths). "platt" (exports before issue 25)
+    # has no length term. None: the core's own probability.
     calibration: dict | None = None
     # The test split in the served histograms' bins (drift.reference_distribution): what monitoring compares live traffic with.
     reference: dict = field(default_factory=dict)
@@ -75,15 +81,27 @@ class Signature:
     def label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]
 
-    def calibrate(self, probability: float) -> float:
-        """The probability served for the core's `probability` (= sigmoid(logit)): its calibrated value, so that
-        of the texts answered p, a share p is positive; the core's own where the signature has no calibration.
-        Increasing in the logit, so every ranking (ROC AUC) is the core's. payload.labelled is its one caller."""
+    @property
+    def reads_lengths(self) -> bool:
+        """Whether the calibration reads each text's length (encoder.lengths) besides its probability."""
+        return bool(self.calibration and self.calibration.get("length_slope"))
+
+    def calibrate(self, probability: float, length: int | None = None) -> float:
+        """The probability served for the core's `probability` (= sigmoid(logit)) of a text the model reads as
+        `length` tokens (encoder.lengths): its calibrated value, so that of the texts answered p, a share p is
+        positive; the core's own where the signature has no calibration. Increasing in the logit at every
+        length (export checks), so texts of one length keep the core's ranking. payload.labelled is its one caller."""
         if not self.calibration:
             return probability
         p = min(max(probability, CALIBRATION_CLIP), 1 - CALIBRATION_CLIP)
-        z = self.calibration["slope"] * math.log(p / (1 - p)) + self.calibration["intercept"]
-        return 1 / (1 + math.exp(-z))
+        logit = math.log(p / (1 - p))
+        z = self.calibration["slope"] * logit + self.calibration["intercept"]
+        if self.reads_lengths:
+            if length is None:
+                raise ValueError("this signature's calibration reads the text's length: pass encoder.lengths(texts)")
+            z += self.calibration["length_slope"] * logit / math.sqrt(max(length, 1))
+        calibrated = 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))  # no overflow for any z
+        return min(max(calibrated, CALIBRATION_CLIP), 1 - CALIBRATION_CLIP)  # never certain: a snippet's slope is ~10
 
     def save(self, folder: Path) -> None:
         (Path(folder) / SIGNATURE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

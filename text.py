@@ -211,6 +211,12 @@ class Encoder:
         """The v1 core's inputs: int64 ids [n_features] and offsets [batch]."""
         return to_tensors(*self.batch(texts))
 
+    @staticmethod
+    def lengths(texts: Sequence[str]) -> list[int]:
+        """Words the model reads of each text (`tokenize`): the length the calibration map reads (Signature.calibrate),
+        because v1's logit sums a term per n-gram and so grows with the text."""
+        return [len(tokenize(text)) for text in texts]
+
     def chunks(self, texts: Sequence[str]) -> Iterator[tuple[list[int], tuple[torch.Tensor, torch.Tensor]]]:
         """The forward passes for a batch of texts, with the positions of their texts: consecutive runs of max_batch."""
         for start in range(0, len(texts), self.max_batch):
@@ -262,6 +268,11 @@ class WordPieceEncoder:
     def inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The v2 core's inputs: int64 input_ids and attention_mask [batch, longest text], padded with id 0."""
         return self.padded(self.token_ids(texts))
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces the model reads of each text (head + tail, without [CLS] and [SEP]): the length the
+        calibration map reads (Signature.calibrate)."""
+        return [len(row) - 2 for row in self.token_ids(texts)]
 
     def chunks(self, texts: Sequence[str]) -> Iterator[tuple[list[int], tuple[torch.Tensor, torch.Tensor]]]:
         """The forward passes for a batch of texts, with the positions of their texts: texts of similar

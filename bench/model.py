@@ -69,7 +69,8 @@ class Predictor:
 
     def answer(self, requests: list) -> list[dict]:
         """Response bodies for a batch of parsed requests: one call of the scoring function."""
-        answer_all(requests, self.score([text for request in requests for text in request.texts]), self.signature)
+        texts = [text for request in requests for text in request.texts]
+        answer_all(requests, self.score(texts), self.signature, self.score.lengths(texts) if self.signature.reads_lengths else None)
         return [response_body(request, self.signature) for request in requests]
 
 

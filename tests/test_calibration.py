@@ -1,10 +1,12 @@
-"""Calibrated probabilities and the accuracy estimated from them without labels: export fits Platt
-scaling on the validation split, payload.labelled alone applies it, a signature without it serves as
-before; on the held-out test split the served probabilities are better calibrated, and the estimated
-accuracy (mean of max(p, 1 - p)) is within its sampling error of the true accuracy, which the
+"""Calibrated probabilities and the accuracy estimated from them without labels: export fits the map on
+the validation mix (Platt scaling, with a term for the text's length where cross-validation prefers it),
+payload.labelled alone applies it, a signature without it (or with a plain Platt map) serves as before;
+on the rt-polarity test split, IMDB test and a 50/50 mix the served probabilities are better calibrated,
+and the estimated accuracy (mean of max(p, 1 - p)) is within 0.02 of the true accuracy, which the
 uncalibrated probabilities' estimate is not. It tracks a covariate shift and cannot see concept drift."""
 
 import json
+import random
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ from local_server import ROOT
 from model_def import predict_proba
 from payload import labelled
 from scripts import calibration
-from signature import SIGNATURE_FILE, Signature, load_encoder
+from signature import CALIBRATION_CLIP, SIGNATURE_FILE, Signature, load_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -39,6 +41,17 @@ def score(export_dir, signature, encoder):
     return lambda texts: predict_proba(core, texts, encoder).tolist()
 
 
+@pytest.fixture(scope="module")
+def serve(score, signature, encoder):
+    """texts -> the probabilities answered: the core's, calibrated with each text's length, as the handler answers."""
+    return lambda texts: labelled(score(texts), signature, encoder.lengths(texts))[0]
+
+
+@pytest.fixture(scope="module")
+def imdb_test() -> tuple[list[str], list[int]]:
+    return train.load_imdb("test")[:2]
+
+
 def within(probabilities: list[float], labels: list[int], threshold: float) -> tuple[bool, float, float]:
     """Whether the true accuracy of these answers is within ESTIMATED_ACCURACY_Z sampling errors of their estimate."""
     accuracy = sum((p >= threshold) == bool(y) for p, y in zip(probabilities, labels)) / len(labels)
@@ -48,12 +61,26 @@ def within(probabilities: list[float], labels: list[int], threshold: float) -> t
 
 # --- the map -----------------------------------------------------------------------------------------
 
-def test_platt_fit_recovers_a_known_map():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 3, 20_000)
-    labels = (rng.random(logits.size) < 1 / (1 + np.exp(-(0.6 * logits - 0.3)))).astype(int)
-    fit = export.fit_calibration((1 / (1 + np.exp(-logits))).tolist(), labels.tolist())
-    assert fit["slope"] == pytest.approx(0.6, abs=0.03) and fit["intercept"] == pytest.approx(-0.3, abs=0.05)
+def known_map(length_slope: float, seed: int = 0) -> tuple[list[float], list[int], list[int]]:
+    """Probabilities, labels and lengths whose true map is sigmoid(0.6 z + length_slope z / sqrt(n) - 0.3)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([5, 20, 200, 1000], 20_000)
+    logits = rng.normal(0, 3, lengths.size) * np.sqrt(lengths) / 5
+    truth = 0.6 * logits + length_slope * logits / np.sqrt(lengths) - 0.3
+    labels = (rng.random(logits.size) < 1 / (1 + np.exp(-truth))).astype(int)
+    return (1 / (1 + np.exp(-logits))).tolist(), labels.tolist(), lengths.tolist()
+
+
+def test_calibration_fit_recovers_a_known_map_and_chooses_its_form_by_cross_validation():
+    """Where the length matters, the length term wins the cross-validation and its slopes are recovered;
+    where it does not, plain Platt scaling does as well and the fitted length slope is ~0 either way."""
+    fit = export.fit_calibration(*known_map(length_slope=3.0))
+    assert fit["method"] == "platt_length" and fit["cv_log_loss"]["platt_length"] < fit["cv_log_loss"]["platt"] - 0.01
+    assert (fit["slope"], fit["length_slope"], fit["intercept"]) == (pytest.approx(0.6, abs=0.05), pytest.approx(3.0, abs=0.3),
+                                                                     pytest.approx(-0.3, abs=0.05))
+    fit = export.fit_calibration(*known_map(length_slope=0.0))
+    assert fit["cv_log_loss"]["platt_length"] == pytest.approx(fit["cv_log_loss"]["platt"], abs=0.002)
+    assert fit["slope"] == pytest.approx(0.6, abs=0.03) and fit.get("length_slope", 0) == pytest.approx(0, abs=0.3)
 
 
 def test_export_fits_the_calibration_on_the_validation_mix_of_short_and_long_reviews(export_dir, signature, encoder, parts):
@@ -64,19 +91,33 @@ def test_export_fits_the_calibration_on_the_validation_mix_of_short_and_long_rev
     texts, labels = train.held_out(metrics, "validation")
     assert texts[:1066] == parts["validation"][0] and len(texts) == 1066 + metrics["imdb_validation"]["size"] > 3000
     assert all(train.is_imdb_validation(text) for text in texts[1066:])
-    refit = export.fit_calibration(predict_proba(model, texts, encoder).tolist(), labels)
-    for key in ("slope", "intercept"):
+    refit = export.fit_calibration(predict_proba(model, texts, encoder).tolist(), labels, encoder.lengths(texts))
+    for key in ("slope", "length_slope", "intercept"):
         assert signature.calibration[key] == pytest.approx(refit[key], rel=1e-6), key
-    assert {**signature.calibration, "slope": 0, "intercept": 0} == {**refit, "slope": 0, "intercept": 0}
-    assert (signature.calibration["method"], signature.calibration["n"]) == ("platt", len(texts))
+    assert {**signature.calibration, "slope": 0, "length_slope": 0, "intercept": 0} == {**refit, "slope": 0, "length_slope": 0, "intercept": 0}
+    # v1's logit grows with the text: the length term wins the cross-validation (0.302 against Platt's 0.326)
+    assert (signature.calibration["method"], signature.calibration["n"]) == ("platt_length", len(texts))
+    assert signature.calibration["cv_log_loss"]["platt_length"] < signature.calibration["cv_log_loss"]["platt"] - 0.01
 
 
-def test_calibrate_is_increasing_and_stays_inside_0_1(signature):
+@pytest.mark.parametrize("length", [1, 20, 230, 4000])
+def test_calibrate_is_increasing_at_every_length_and_stays_inside_0_1(signature, length):
     grid = [0.0, 1e-9] + [i / 1000 for i in range(1, 1000)] + [1 - 1e-9, 1.0]
-    calibrated = [signature.calibrate(p) for p in grid]
-    assert all(0 < c < 1 for c in calibrated)
-    assert all(a < b for a, b in zip(calibrated[2:-3], calibrated[3:-2]))  # strictly increasing inside the clip
+    calibrated = [signature.calibrate(p, length) for p in grid]
+    assert all(CALIBRATION_CLIP <= c <= 1 - CALIBRATION_CLIP for c in calibrated)
+    # 0 and 1e-9 (1 - 1e-9 and 1) read as the same clipped input; a snippet's steep map reaches the output's clip
+    inside = [c for c in calibrated[2:-2] if CALIBRATION_CLIP < c < 1 - CALIBRATION_CLIP]
+    assert len(inside) > 500 and all(a < b for a, b in zip(inside, inside[1:]))  # strictly increasing inside the clip
     assert calibrated == sorted(calibrated)
+
+
+def test_the_map_reads_the_length_the_model_reads(signature, encoder):
+    """A snippet's logit is scaled up more than a review's (the same logit means more evidence in fewer
+    words); the length is the words the featuriser reads, and a map that needs it refuses to guess."""
+    assert encoder.lengths(["A gorgeous, moving film.", "<br />Dull &amp; long"]) == [6, 3]
+    assert signature.calibrate(0.7, 20) > signature.calibrate(0.7, 230) > 0.5
+    with pytest.raises(ValueError, match="length"):
+        signature.calibrate(0.7)
 
 
 def test_one_place_calibrates(signature):
@@ -84,8 +125,18 @@ def test_one_place_calibrates(signature):
     handler, batch_predict, spark_predict, evaluate (which reads the server) and the drift reference go through it."""
     callers = [path.name for path in ROOT.glob("*.py") if ".calibrate(" in path.read_text()]
     assert callers == ["payload.py"]
-    probabilities = [0.0, 0.2, 0.4999, 0.5, 0.8, 1.0]
-    assert labelled(probabilities, signature)[0] == [round(signature.calibrate(p), 6) for p in probabilities]
+    probabilities, lengths = [0.0, 0.2, 0.4999, 0.5, 0.8, 1.0], [1, 5, 20, 100, 230, 4000]
+    assert labelled(probabilities, signature, lengths)[0] == [round(signature.calibrate(p, n), 6) for p, n in zip(probabilities, lengths)]
+
+
+def test_a_platt_signature_from_before_the_length_term_serves_as_before(export_dir, tmp_path):
+    """A signature whose map is plain Platt scaling (exported before issue 25) needs no lengths."""
+    old = json.loads((export_dir / SIGNATURE_FILE).read_text())
+    old["calibration"] = {"method": "platt", "slope": 2.0, "intercept": 0.5, "fitted_on": "validation split", "n": 1066}
+    (tmp_path / SIGNATURE_FILE).write_text(json.dumps(old))
+    signature = Signature.load(tmp_path)
+    assert not signature.reads_lengths
+    assert labelled([0.5, 0.8], signature)[0] == [round(1 / (1 + np.exp(-0.5)), 6), round(1 / (1 + np.exp(-(2 * np.log(4) + 0.5))), 6)]
 
 
 def test_a_signature_without_calibration_serves_and_is_monitored_as_before(export_dir, tmp_path):
@@ -108,38 +159,47 @@ def test_a_signature_without_calibration_serves_and_is_monitored_as_before(expor
     assert "sentiment:reference_estimated_accuracy" not in (tmp_path / "rules" / "reference.rules.yml").read_text()
 
 
-# --- on the held-out test split --------------------------------------------------------------------------
+# --- on the test sets: rt-polarity's snippets, IMDB's reviews, and half of each ----------------------------
 
-def test_served_probabilities_are_calibrated_on_the_test_split(signature, score, parts):
-    """ECE falls, to within what a perfectly calibrated model shows at n = 1,066 (99th percentile of labels
-    drawn from the served probabilities); the ranking, so the ROC AUC, is the core's."""
+def test_served_probabilities_are_calibrated_on_the_snippets_and_the_reviews(signature, score, serve, parts, imdb_test):
+    """On the rt-polarity test split the ECE falls from 0.143 to within what a perfectly calibrated model
+    shows at n = 1,066 (99th percentile of labels drawn from the served probabilities); on IMDB test it
+    falls too. Within one length the ranking is the core's; across lengths the map reorders texts, and the
+    ROC AUC does not fall."""
+    for texts, labels in (parts["test"], imdb_test):
+        raw = score(texts)
+        before, after, y = np.array([round(p, 6) for p in raw]), np.array(serve(texts)), np.array(labels)
+        assert calibration.ece(after, y) < calibration.ece(before, y)
+        assert roc_auc_score(y, after) >= roc_auc_score(y, before) - 1e-4
     texts, labels = parts["test"]
-    raw = score(texts)
-    before, after, y = np.array([round(p, 6) for p in raw]), np.array(labelled(raw, signature)[0]), np.array(labels)
+    after, y = np.array(serve(texts)), np.array(labels)
     rng = np.random.default_rng(0)
     floor = [calibration.ece(after, (rng.random(y.size) < after).astype(float)) for _ in range(500)]
-    assert calibration.ece(after, y) < calibration.ece(before, y)
-    assert calibration.ece(after, y) < np.percentile(floor, 99) < calibration.ece(before, y)
-    assert roc_auc_score(y, after) == pytest.approx(roc_auc_score(y, before), abs=1e-4)
+    assert calibration.ece(after, y) < np.percentile(floor, 99)
 
 
-def test_estimated_accuracy_is_within_its_sampling_error_on_the_test_split(signature, score, parts):
-    """The estimate from the served probabilities is right; the same check on the core's own probabilities
-    (overconfident: 0.838 estimated against 0.791) fails, so the check can tell a wrong estimate."""
-    texts, labels = parts["test"]
-    raw = score(texts)
-    ok, accuracy, estimate = within(labelled(raw, signature)[0], labels, signature.threshold)
-    assert ok, (accuracy, estimate)
+def test_estimated_accuracy_is_within_0_02_on_the_snippets_the_reviews_and_a_50_50_mix(signature, score, serve, parts, imdb_test):
+    """Issue 25: |estimated - true| <= 0.02 on the rt-polarity test split, IMDB test and a 50/50 mix (as
+    scripts/calibration.py draws it). The same check on the core's own probabilities (underconfident on the
+    snippets: 0.663 estimated against 0.805) fails, so the check can tell a wrong estimate."""
+    test_texts, test_labels = parts["test"]
+    half = random.Random(calibration.SEED).sample(range(len(imdb_test[0])), len(test_texts))
+    sets = {"rt_polarity_test": parts["test"], "imdb_test": imdb_test,
+            "mix_50_50": (test_texts + [imdb_test[0][i] for i in half], test_labels + [imdb_test[1][i] for i in half])}
+    for name, (texts, labels) in sets.items():
+        _, accuracy, estimate = within(serve(texts), labels, signature.threshold)
+        assert abs(accuracy - estimate) <= calibration.TOLERANCE, (name, accuracy, estimate)
+    _, accuracy, estimate = within(serve(test_texts), test_labels, signature.threshold)
     assert estimate == pytest.approx(signature.reference["estimated_accuracy"], abs=1e-6)  # what the alert compares with
-    ok, accuracy, estimate = within([round(p, 6) for p in raw], labels, signature.threshold)
-    assert not ok, (accuracy, estimate)
+    _, accuracy, estimate = within([round(p, 6) for p in score(test_texts)], test_labels, signature.threshold)
+    assert abs(accuracy - estimate) > calibration.TOLERANCE, (accuracy, estimate)
 
 
-def test_estimate_tracks_a_covariate_shift_and_cannot_see_concept_drift(signature, score, parts):
+def test_estimate_tracks_a_covariate_shift_and_cannot_see_concept_drift(signature, serve, parts):
     """Snippets with their strongest sentiment words removed: the accuracy falls and the estimate with it,
     within its error. The same texts with 30 % of their labels flipped: the estimate does not move."""
     sets = calibration.traffic_sets(*parts["test"], *parts["train"])
-    served = {name: labelled(score(texts), signature)[0] for name, (texts, _, _) in sets.items()
+    served = {name: serve(texts) for name, (texts, _, _) in sets.items()
               if name in ("test", "sentiment_words_masked", "concept_drift")}
     ok, masked_accuracy, masked_estimate = within(served["sentiment_words_masked"], sets["sentiment_words_masked"][1], signature.threshold)
     _, test_accuracy, test_estimate = within(served["test"], sets["test"][1], signature.threshold)
@@ -160,10 +220,10 @@ def test_v2_export_is_calibrated_and_its_estimate_holds(parts):
     its test split (the real v2, not built here, is not measured)."""
     quick_v2.build()
     signature = Signature.load(quick_v2.EXPORT)
-    assert signature.calibration["method"] == "platt" and signature.calibration["slope"] > 0
-    core = torch.jit.load(str(quick_v2.EXPORT / signature.model_file))
+    assert signature.calibration["method"] in export.CALIBRATION_METHODS and export.increasing(signature.calibration)
+    core, encoder = torch.jit.load(str(quick_v2.EXPORT / signature.model_file)), load_encoder(quick_v2.EXPORT, signature)
     texts, labels = parts["test"]
-    served = labelled(predict_proba(core, texts, load_encoder(quick_v2.EXPORT, signature)).tolist(), signature)[0]
+    served = labelled(predict_proba(core, texts, encoder).tolist(), signature, encoder.lengths(texts))[0]
     assert drift.estimated_accuracy(served) == pytest.approx(signature.reference["estimated_accuracy"], abs=1e-4)
     ok, accuracy, estimate = within(served, labels, signature.threshold)
     assert ok, (accuracy, estimate)
