@@ -422,19 +422,21 @@ def test_sigterm_mid_bake_rolls_back_and_a_kill_9_is_undone_by_the_rerun(candida
     ts, records = stack["ts"], tmp_path / "promotions"
     shutil.copyfile(candidates["better"], stack["store"] / f"sentiment_v{CANDIDATE}.mar")
     argv = [sys.executable, str(ROOT / "promote.py"), *gate_argv(stack, data, records, "--bake", "60")]
-    run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_phase(records / "state.json", "baking", run)
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=120) == promote.EXIT["rolled back"]
-    record = json.loads(max(records.glob("*-v3.json")).read_text())
-    assert record["error"] == "Terminated: SIGTERM" and served(ts) == ("1", ["1"])
-    assert not (records / "state.json").exists()
+    with Clients(ts, [text for text, _ in data["rows"]]) as clients:
+        run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_phase(records / "state.json", "baking", run)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == promote.EXIT["rolled back"]
+        record = json.loads(max(records.glob("*-v3.json")).read_text())
+        assert record["error"] == "Terminated: SIGTERM" and served(ts) == ("1", ["1"])
+        assert not (records / "state.json").exists()
 
-    run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_phase(records / "state.json", "baking", run)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=30)
-    assert served(ts) == ("1", ["1", "3"])  # half-deployed: what the rerun must undo
+        run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_phase(records / "state.json", "baking", run)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        assert served(ts) == ("1", ["1", "3"])  # half-deployed: what the rerun must undo
+    assert not clients.errors, clients.errors[:5]
 
     decision, record, clients = gate(candidates["better"])
     assert record["recovered"]["done"] == "candidate unregistered" and record["recovered"]["state"]["phase"] == "baking"
