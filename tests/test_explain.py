@@ -31,7 +31,7 @@ from local_server import LocalTorchServe
 from model_def import predict_proba
 from signature import LIMITS, TRANSFORMER, Signature, load_encoder
 from text import normalize, token_spans, tokenize
-from train import load_dataset
+from train import load_dataset, load_imdb
 import worker_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -253,7 +253,8 @@ def test_explanation_and_predictions_in_one_batch_each_get_their_own_answer(v1_h
         assert set(answer) == {"label", "probability", "model_version", "base", "logit", "method", "completeness_error", "tokens"}
         assert answer["method"] == "exact" and answer["completeness_error"] < 1e-5
         assert answer["base"] + math.fsum(t["contribution"] for t in answer["tokens"]) == pytest.approx(answer["logit"], abs=1e-9)
-        assert abs(signature.calibrate(1 / (1 + math.exp(-answer["logit"]))) - answer["probability"]) < 5e-6
+        # v1 lists every word it read: their number is the length the calibration reads
+        assert abs(signature.calibrate(1 / (1 + math.exp(-answer["logit"])), len(answer["tokens"])) - answer["probability"]) < 5e-6
     assert single["probability"] == prediction["probability"] == listed[0]["probability"]
     assert plain_explained["probability"] == plain["probability"] == listed[1]["probability"]
     assert [(t["token"], POSITIVE[t["start"] : t["end"]]) for t in single["tokens"]][:3] == [("a", "A"), ("gorgeous", "gorgeous"), (",", ",")]
@@ -348,8 +349,8 @@ def test_batch_predict_explain(tmp_path, export_dir, explainer):
         for row, text in ((rows[0], POSITIVE), (rows[2], NEGATIVE)):  # the endpoint's explanation, ranked
             positive, negative = top_words(explainer(text).as_dict()["tokens"], 2)
             assert (row["positive_words"], row["negative_words"]) == (positive, negative)
-        assert [w["word"] for w in rows[0]["positive_words"]] == ["wonderful", "gorgeous"]
-        assert "lifeless" in [w["word"] for w in rows[2]["negative_words"]]
+        assert [w["word"] for w in rows[0]["positive_words"]] == ["wonderful", "moving"]  # v1 trained on rt-polarity + IMDB
+        assert [w["word"] for w in rows[2]["negative_words"]] == ["waste", "tedious"]
         assert rows[1]["positive_words"] is None and rows[1]["negative_words"] is None
         assert all(w["contribution"] > 0 for w in rows[0]["positive_words"] + rows[2]["positive_words"])
 
@@ -476,6 +477,22 @@ def test_served_explanation_probability_is_the_predictions(served, version):
             assert text[token["start"] : token["end"]]
     listed = post(served, f"/explanations/sentiment/{version}", {"texts": [POSITIVE, NEGATIVE]}).json()
     assert [a["label"] for a in listed] == ["positive", "negative"]
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_1000_word_review_is_explained(served, version):
+    """Issue 25: a 1,000-word review (the first IMDB test review of 1,000 to 1,200 words) gets an explanation
+    whose probability is the prediction's; v1 lists every word it read, v2 the words of its head + tail."""
+    review = next(t for t in load_imdb("test")[0] if 1000 <= len(tokenize(t)) <= 1200)
+    explained = post(served, f"/explanations/sentiment/{version}", {"text": review})
+    predicted = post(served, f"/predictions/sentiment/{version}", {"text": review})
+    assert explained.status_code == predicted.status_code == 200, explained.text
+    answer = explained.json()
+    assert {k: answer[k] for k in predicted.json()} == predicted.json()
+    if version == "1":
+        assert [t["token"] for t in answer["tokens"]] == tokenize(review)
+    else:
+        assert 0 < len(answer["tokens"]) < 254 < len(tokenize(review))
 
 
 def test_served_default_version_and_kserve_routes(served):

@@ -15,6 +15,7 @@ from ts.utils.util import list_classes_from_module
 import handler as handler_module
 from handler import SentimentHandler
 from model_def import to_tensors
+from signature import MAX_CHARS
 from worker_message import MessageSocket, handle, load_handler, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -164,7 +165,8 @@ def test_probabilities_are_the_exported_core_on_text_py_encoding(handler, contex
     ids, offsets = encoder.batch(texts)
     assert offsets[-1] == len(ids) and offsets[-2] < offsets[-1]  # the last text scores the bias alone
     with torch.inference_mode():
-        expected = [signature.calibrate(p) for p in torch.sigmoid(core(*to_tensors(ids, offsets))).tolist()]
+        raw = torch.sigmoid(core(*to_tensors(ids, offsets))).tolist()
+    expected = [signature.calibrate(p, n) for p, n in zip(raw, encoder.lengths(texts))]  # the map reads the words the model reads
     responses = run_batch(handler, context, [json_request({"text": t}) for t in texts])
     assert [r["probability"] for r in responses] == pytest.approx(expected, abs=1e-6)
 
@@ -205,7 +207,7 @@ def test_batch_of_only_bad_requests(handler, context):
         json_request({}),
         json_request({"text": "   "}),
         json_request({"texts": []}),
-        json_request({"text": "x" * 10_001}),
+        json_request({"text": "x" * (MAX_CHARS + 1)}),
         json_request([1, 2]),
         {"content_type": "text/plain", "body": ""},
     ]

@@ -21,7 +21,7 @@ import quick_v2
 from bench.loadgen import JSON, Outcome, Request, client_session, send
 from local_server import ROOT, LocalTorchServe
 from payload import BadRequest, answer_chars, parse_request
-from signature import LIMITS, Signature
+from signature import LIMITS, NBSVM, TRANSFORMER, Signature
 from ts_properties import MAX_EXPLANATION_BYTES_PER_CHAR, MAX_EXPLANATION_BYTES_PER_WORD, max_response_bytes, read_properties
 from worst_case import Cost, costliest_text, costliest_texts
 
@@ -160,13 +160,13 @@ def test_a_number_python_cannot_convert_fails_only_its_own_request(ts):
 # --- defect 3: the cost model counts every part of a batch's work --------------------------------------------
 
 def test_cost_counts_normalised_length_and_explanations(v1):
-    """~3,300 characters of U+3380-33DF squared symbols read as ~10,000: they cost (nearly) a full text,
+    """~6,600 characters of U+3380-33DF squared symbols read as ~20,000: they cost (nearly) a full text,
     not a third of one; an explanation costs its prediction plus the explanation."""
     signature, _ = v1
     cost = Cost(prediction=0.01, explanation=0.1)
-    squares = "".join(chr(0x3380 + i % 96) for i in range(3_300))
-    assert cost.seconds(signature, [squares], explain=False) > 0.75 * cost.prediction  # e609862: len() / 10,000 = 0.33
-    assert cost.seconds(signature, ["x" * 20_000], explain=False) == cost.prediction  # a full text at most
+    squares = "".join(chr(0x3380 + i % 96) for i in range(signature.max_chars // 3))
+    assert cost.seconds(signature, [squares], explain=False) > 0.75 * cost.prediction  # e609862: len() / max_chars = 0.33
+    assert cost.seconds(signature, ["x" * 2 * signature.max_chars], explain=False) == cost.prediction  # a full text at most
     assert cost.seconds(signature, [squares] * 2, explain=True) == pytest.approx(2 * cost.seconds(signature, [squares], False) * 11)
 
 
@@ -277,12 +277,14 @@ def test_every_limit_comes_from_the_signature(v1):
 
     signature, _ = v1
     assert not hasattr(export, "TRANSFORMER_MAX_TEXTS") and not hasattr(explain, "MAX_TEXTS")
-    assert (signature.max_texts, signature.max_explain_texts) == tuple(LIMITS[signature.architecture].values())
+    assert {name: getattr(signature, name) for name in LIMITS[signature.architecture]} == LIMITS[signature.architecture]
+    assert LIMITS[NBSVM]["max_chars"] == LIMITS[TRANSFORMER]["max_chars"] == 20_000  # issue 25: reviews of up to 20,000 characters
+    assert signature.full_cost_chars == signature.max_chars  # v1: a text costs its share of the costliest, up to max_chars
     assert MAX_RESPONSE_SIZE == max_response_bytes(signature.max_explain_texts, signature.max_explain_chars)
     page = (ROOT / "docs" / "api.md").read_text()
-    for name in ("max_texts", "max_explain_texts"):
+    for name in ("max_chars", "max_texts", "max_explain_texts"):
         row = next(line for line in page.splitlines() if f"(`{name}`)" in line)
-        assert [cell.strip() for cell in row.split("|")[2:4]] == [str(LIMITS["nbsvm"][name]), str(LIMITS["transformer"][name])], row
+        assert [cell.strip() for cell in row.split("|")[2:4]] == [f"{LIMITS[NBSVM][name]:,}", f"{LIMITS[TRANSFORMER][name]:,}"], row
     assert f"{MAX_RESPONSE_SIZE:,}" in page
 
 

@@ -208,7 +208,8 @@ def check_explanation(curl: Curl, answer, version: str, signature) -> list[str]:
         assert set(explained) == set(EXPLANATION_EXAMPLE), explained
         assert explained["model_version"] == version and explained["label"] == EXPECTED_LABELS[text], (text, explained)
         assert explained["label"] == signature.label(explained["probability"])
-        assert explained["probability"] == pytest.approx(signature.calibrate(1 / (1 + math.exp(-explained["logit"]))), abs=1e-5)
+        # "the calibrated sigmoid of logit, the map reading how many words the model read (the tokens listed)"
+        assert explained["probability"] == pytest.approx(signature.calibrate(1 / (1 + math.exp(-explained["logit"])), len(explained["tokens"])), abs=1e-5)
         assert explained["base"] + sum(t["contribution"] for t in explained["tokens"]) == pytest.approx(explained["logit"], abs=1e-4)
         assert explained["tokens"] and all(0 <= t["start"] < t["end"] <= len(text) for t in explained["tokens"]), explained
     return [explained["label"] for explained in answers]
