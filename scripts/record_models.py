@@ -1,7 +1,7 @@
 """Record both model versions as README quotes them: offline metrics, training time, artifact sizes,
 and each test set scored through a real TorchServe serving the archives: rt-polarity's held-out test
 split and IMDB test (Maas et al. 2011), each with accuracy, ROC AUC, log loss and ECE of the served
-(calibrated) probabilities.
+(calibrated) probabilities, and the accuracy estimated from them without labels (drift.estimated_accuracy).
 
     .venv/bin/python scripts/record_models.py        # after `make archive` and `make archive VERSION=2`
     .venv/bin/python scripts/record_models.py --versions 1   # v1 alone; v2's entry is carried from models.json
@@ -27,6 +27,7 @@ need()  # before evaluate's requests
 import numpy as np  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
+import drift  # noqa: E402
 from bench.provenance import RESULTS, Provenance  # noqa: E402
 from evaluate import held_out_test_split, predict_served  # noqa: E402
 from local_server import LocalTorchServe  # noqa: E402
@@ -58,7 +59,8 @@ def offline(version: str, mar: str) -> dict:
 
 
 def served_scores(texts: list[str], labels: list[int], signature: Signature, url: str, version: str) -> dict:
-    """Accuracy (of the served labels), ROC AUC, log loss and ECE (of the served probabilities) of what `url` serves,
+    """Accuracy (of the served labels), ROC AUC, log loss, ECE and the label-free estimated accuracy (of the served
+    probabilities) of what `url` serves,
     over the texts within the version's max_chars (the longer ones would be refused: counted in `over_max_chars`)."""
     started = time.perf_counter()
     admissible = [i for i, text in enumerate(texts) if max(len(text), normalized_length_bound(text)) <= signature.max_chars]
@@ -71,7 +73,7 @@ def served_scores(texts: list[str], labels: list[int], signature: Signature, url
     positive = np.array([x["label"] == signature.labels[1] for x in predictions])
     return {"accuracy": round(float(np.mean(positive == y)), 4), "roc_auc": round(float(roc_auc_score(y, p)), 4),
             "log_loss": round(float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])), 4), "ece": round(ece(p, y), 4),
-            "size": len(y), "over_max_chars": excluded, "seconds": round(time.perf_counter() - started, 2)}
+            "estimated_accuracy": round(drift.estimated_accuracy(p.tolist()), 4), "size": len(y), "over_max_chars": excluded, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def main() -> None:
