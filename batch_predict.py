@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -103,12 +104,17 @@ class Endpoint:
     limits of the version it serves. Which version that is, the server says: the first request (PROBE)
     reads it from the answer, and its signature (labels, threshold, max_texts, max_chars, what an
     explanation request may hold) is that version's own export, never another's. Every later answer
-    must come from the same version (a default version switched mid-run stops the run)."""
+    must come from the same version: an unversioned URL is pinned to the version the probe answered
+    (`.../predictions/sentiment` -> `.../predictions/sentiment/2`), so a default switched mid-run changes
+    nothing for this run, and an answer from another version still stops it."""
 
     def __init__(self, url: str, artifact: Path | None = None, workers: int = 4, timeout: float = 60.0):
         self.url, self.workers, self.timeout = url, workers, timeout
         self.local = threading.local()  # one HTTP session (kept-alive connection) per thread
-        signature = served_signature(url, str(self.request(url, [PROBE]).get("model_version")), artifact)
+        version = str(self.request(url, [PROBE]).get("model_version"))
+        signature = served_signature(url, version, artifact)
+        if re.fullmatch(r".*/(predictions|explanations)/[^/]+", url.rstrip("/")):
+            self.url = f"{url.rstrip('/')}/{version}"
         # The server answers calibrated probabilities already: score_frame labels them without calibrating again.
         self.signature = dataclasses.replace(signature, calibration=None)
 

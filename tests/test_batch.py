@@ -324,14 +324,17 @@ def test_endpoint_explanations_keep_within_the_served_character_limit(export_dir
     assert max(sum(map(answer_chars, texts)) for texts in explained) <= signature.max_explain_chars
 
 
-def test_endpoint_stops_when_the_served_version_changes_mid_run(v2_default):
-    """Answers from another version than the one the run began with (a default version switched while
-    scoring) stop the run instead of being labelled with the wrong signature."""
+def test_endpoint_keeps_scoring_its_version_when_the_default_changes_mid_run(v2_default):
+    """The run is pinned to the version its probe answered (the versioned URL), so a default version
+    switched while scoring changes nothing for it; an answer from another version would still stop it."""
     endpoint = Endpoint(f"{v2_default.inference}/predictions/sentiment", quick_v2.EXPORT, workers=1)
-    assert endpoint.signature.version == "2" and len(endpoint(["a fine film"])) == 1
+    assert endpoint.signature.version == "2" and endpoint.url.endswith("/predictions/sentiment/2")
+    first = endpoint(["a fine film"])
     v2_default.admin.set_default("1")
     try:
-        with pytest.raises(RuntimeError, match="answered as model version 1, but this run scores with version 2"):
-            endpoint(["a fine film"])
+        assert endpoint(["a fine film"]) == first  # v2 still, not v1
     finally:
         v2_default.admin.set_default("2")
+    endpoint.url = f"{v2_default.inference}/predictions/sentiment/1"  # as if the server answered from another version
+    with pytest.raises(RuntimeError, match="answered as model version 1, but this run scores with version 2"):
+        endpoint(["a fine film"])
