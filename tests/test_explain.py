@@ -29,7 +29,7 @@ import export
 from handler import SentimentHandler
 from local_server import LocalTorchServe
 from model_def import predict_proba
-from signature import LIMITS, TRANSFORMER, Signature, load_encoder
+from signature import LIMITS, MAX_CHARS, TRANSFORMER, Signature, load_encoder
 from text import normalize, token_spans, tokenize
 from train import load_dataset, load_imdb
 import worker_message
@@ -268,7 +268,7 @@ def test_explanation_and_predictions_in_one_batch_each_get_their_own_answer(v1_h
     ({"text": "   "}, "application/json", "empty_text"),
     ({"texts": []}, "application/json", "too_many_texts"),
     ({"texts": ["a"] * 65}, "application/json", "too_many_texts"),
-    ({"text": "x" * 10_001}, "application/json", "text_too_long"),
+    ({"text": "x" * (MAX_CHARS + 1)}, "application/json", "text_too_long"),
     ({"text": 5}, "application/json", "wrong_type"),
     ({"text": "a\x00b"}, "application/json", "null_byte"),
     (b'{"text": "unterminated', "application/json", "invalid_json"),
