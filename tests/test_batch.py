@@ -34,7 +34,7 @@ def test_probabilities_equal_training_predict_proba(export_dir, encoder, signatu
     texts = load_dataset()[0][:700]
     out = score_texts(export_dir, texts, tmp_path, batch_size=128)  # several batches
     core = torch.jit.load(str(export_dir / signature.model_file))
-    expected = [signature.calibrate(p) for p in predict_proba(core, texts, encoder).tolist()]
+    expected = [signature.calibrate(p, n) for p, n in zip(predict_proba(core, texts, encoder).tolist(), encoder.lengths(texts))]
     assert out["probability"].tolist() == [round(p, 6) for p in expected]
     assert out["label"].tolist() == [signature.label(round(p, 6)) for p in expected]
     assert out["error"].isna().all()

@@ -169,7 +169,8 @@ def test_the_peers_score_with_the_handlers_settings(export_dir):
                  predictor.parse(b'{"texts": ["A dull mess.", "Loved it."]}', "application/json")]
     one, many = predictor.answer(requests_)
     assert one["label"] == "positive" and [p["label"] for p in many["predictions"]] == ["negative", "positive"]
-    assert one["probability"] == round(predictor.signature.calibrate(predictor.score(["A gorgeous, moving film."])[0]), 6)
+    text = ["A gorgeous, moving film."]
+    assert one["probability"] == round(predictor.signature.calibrate(predictor.score(text)[0], predictor.score.lengths(text)[0]), 6)
 
 
 def test_peer_servers_answer_and_leave_no_process(export_dir, tmp_path):

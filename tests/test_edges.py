@@ -104,8 +104,9 @@ def check_good(outcomes: list[Outcome], served) -> None:
         version = request.path.rsplit("/", 1)[1]
         assert outcome.status == 200, (request.path, outcome.status, outcome.body[:300])
         answer = outcome.json()
-        raw = predict_proba(served[version]["core"], [json.loads(request.body)["text"]], served[version]["encoder"]).item()
-        expected = served[version]["signature"].calibrate(raw)
+        text = json.loads(request.body)["text"]
+        raw = predict_proba(served[version]["core"], [text], served[version]["encoder"]).item()
+        expected = served[version]["signature"].calibrate(raw, served[version]["encoder"].lengths([text])[0])
         assert answer["model_version"] == version and abs(answer["probability"] - expected) <= TOLERANCE[version], (answer, expected)
 
 
