@@ -40,9 +40,10 @@ PROMETHEUS := http://127.0.0.1:$(PROMETHEUS_PORT)
 PROM_HOME  ?= logs/prometheus
 # versions whose reference distribution the committed drift rules hold (make rules)
 REFERENCE_EXPORTS ?= build/v1/export
-# TS_FRONTEND is in the command line of TorchServe's frontend (torchserve --stop checks it too);
+# TS_FRONTEND is in the command line of TorchServe's frontend (torchserve --stop checks it too), TS_WORKER in a worker's;
 # `make stop` waits STOP_WAIT seconds for each server to exit.
 TS_FRONTEND := org.pytorch.serve.ModelServer
+TS_WORKER  := model_service_worker
 STOP_WAIT  ?= 20
 # where `torchserve --start` writes the frontend's pid: $TMPDIR (or /tmp)/.model_server.pid
 # TOKEN=on: TorchServe 0.12's token authorization, which guards management and inference together (one switch,
@@ -139,17 +140,19 @@ serve: archive ## start TorchServe on 127.0.0.1:8080-8082 (INFERENCE_PORT, MANAG
 # alive PID MARK: PID runs (not a zombie) with MARK in its command line; gone PID MARK: waits STOP_WAIT s for it to end.
 # It also removes the archives TorchServe unpacked for that server's workers (their working folders under TS_MODELS).
 stop: ## stop TorchServe started by `make serve` (and Prometheus started by `make monitor`); fails if TorchServe has not exited after STOP_WAIT (20) s
-	@alive() { s=$$(ps -p $$1 -o stat=,args= 2>/dev/null); case "$$s" in Z*|"") return 1;; *"$$2"*) return 0;; *) return 1;; esac; }; \
+	@alive() { s=$$(ps -ww -p $$1 -o stat=,args= 2>/dev/null); case "$$s" in Z*|"") return 1;; *"$$2"*) return 0;; *) return 1;; esac; }; \
 	gone() { for i in $$(seq $$(( $(STOP_WAIT) * 5 ))); do alive $$1 "$$2" || return 0; sleep 0.2; done; ! alive $$1 "$$2"; }; \
 	pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
 	if [ -n "$$pid" ] && alive $$pid prometheus; then kill $$pid; gone $$pid prometheus || kill -9 $$pid; echo "Prometheus stopped"; fi; \
 	rm -f $(PROM_HOME)/prometheus.pid; \
 	pid=$$(cat "$(TS_PID_FILE)" 2>/dev/null); \
 	keys=$$([ -n "$$pid" ] && readlink /proc/$$pid/cwd)/key_file.json; [ -f "$$keys" ] || keys=; \
-	unpacked=$$([ -n "$$pid" ] && for w in $$(pgrep -P $$pid); do readlink /proc/$$w/cwd; done | grep "^$(TS_MODELS)/" | sort -u); \
+	workers=$$([ -n "$$pid" ] && pgrep -P $$pid); \
+	unpacked=$$(for w in $$workers; do readlink /proc/$$w/cwd; done | grep "^$(TS_MODELS)/" | sort -u); \
 	$(BIN)/torchserve --stop; \
 	if [ -n "$$pid" ] && ! gone $$pid $(TS_FRONTEND); then \
 		echo "TorchServe (pid $$pid) is still running $(STOP_WAIT) s after torchserve --stop: see $(LOGS)/ts_log.log; kill -9 $$pid ends it" >&2; exit 1; fi; \
+	for w in $$workers; do gone $$w $(TS_WORKER) || { echo "TorchServe's worker (pid $$w) is still running: kill -9 $$w ends it" >&2; exit 1; }; done; \
 	rm -rf $$unpacked; [ -z "$$keys" ] || rm -f "$$keys"
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)

@@ -54,7 +54,9 @@ class MakeServer:
         self.tmpdir = tmp / "tmp"
         self.tmpdir.mkdir()
         self.args = [*args, f"LOGS={tmp / 'logs'}", *(f"{k}={v}" for k, v in self.ports.items() if v != DEFAULT_PORTS[k])]
-        self.env = {**os.environ, "TMPDIR": str(self.tmpdir)}
+        # as a user's shell runs make: no MAKEFLAGS/MAKELEVEL from a `make test` around this test
+        outer_make = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+        self.env = {**{k: v for k, v in os.environ.items() if k not in outer_make}, "TMPDIR": str(self.tmpdir)}
         self.processes: list[psutil.Process] = []
 
     def make(self, *targets: str, timeout: float = 600) -> subprocess.CompletedProcess:
