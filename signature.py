@@ -21,7 +21,7 @@ NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
 # Every version takes reviews of up to MAX_CHARS characters (the longest IMDB reviews run to ~14k).
 MAX_CHARS = 20_000
 LIMITS = {NBSVM: {"max_texts": 64, "max_explain_texts": 64, "max_chars": MAX_CHARS},
-          TRANSFORMER: {"max_texts": 16, "max_explain_texts": 2, "max_chars": MAX_CHARS}}
+          TRANSFORMER: {"max_texts": 16, "max_explain_texts": 1, "max_chars": MAX_CHARS}}
 TRANSFORMER_INPUTS = [
     {"name": "input_ids", "dtype": "int64", "shape": ["batch", "length"], "doc": "WordPiece ids, [CLS] ... [SEP], padded with 0"},
     {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "length"], "doc": "1 for a real token, 0 for padding"},

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from local_server import ROOT, LocalTorchServe, server_processes
+from signature import MAX_CHARS
 
 MODEL_STORE = ROOT / "model_store"
 
@@ -68,7 +69,7 @@ BAD_REQUESTS = {
     "empty_text": dict(data=b'{"text": "   "}', headers=JSON_HEADERS),
     "empty_body": dict(data=b"", headers=JSON_HEADERS),
     "too_many_texts": dict(data=('{"texts": [%s]}' % ",".join(['"ok"'] * 65)).encode(), headers=JSON_HEADERS),
-    "text_too_long": dict(data=('{"text": "%s"}' % ("long " * 2001)).encode(), headers=JSON_HEADERS),
+    "text_too_long": dict(data=('{"text": "%s"}' % ("long " * (MAX_CHARS // 5 + 1))).encode(), headers=JSON_HEADERS),
     "invalid_utf8": dict(data=b"\xff\xfe not utf-8", headers={"Content-Type": "text/plain"}),
     "unsupported_content_type": dict(data=b"text=great", headers={"Content-Type": "application/x-www-form-urlencoded"}),
 }

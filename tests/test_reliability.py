@@ -30,6 +30,7 @@ from scripts.soak import BackgroundLoad, load_reviews, predict_path, review_requ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_handler import RAISE_MARKER, SLEEP_MARKER  # noqa: E402
+from signature import MAX_CHARS  # noqa: E402
 from ts_properties import max_request_bytes, read_properties  # noqa: E402
 
 MODEL_STORE = ROOT / "model_store"
@@ -228,9 +229,9 @@ def bad_requests() -> list[tuple[Request, set[str]]]:
         (js({"text": "both", "texts": ["keys"]}), JSON, "missing_text"),
         (js({"text": "   \n\t "}), JSON, "empty_text"),
         (js({"texts": ["fine", ""]}), JSON, "empty_text"),
-        (js({"text": "x" * 10_001}), JSON, "text_too_long"),
-        (("y" * 10_001).encode(), PLAIN_TEXT, "text_too_long"),
-        (js({"texts": ["short", "z" * 20_000]}), JSON, "text_too_long"),
+        (js({"text": "x" * (MAX_CHARS + 1)}), JSON, "text_too_long"),
+        (("y" * (MAX_CHARS + 1)).encode(), PLAIN_TEXT, "text_too_long"),
+        (js({"texts": ["short", "z" * (MAX_CHARS + 1)]}), JSON, "text_too_long"),
         (js({"texts": ["a review"] * 10_000}), JSON, "too_many_texts"),
         (js({"texts": []}), JSON, "too_many_texts"),
         (js({"text": "null \u0000 byte"}), JSON, "null_byte"),

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully suppo
 
 import batch_predict  # noqa: E402
 import spark_predict  # noqa: E402
+from signature import MAX_CHARS  # noqa: E402
 from train import load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def spark():
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory):
     """~200 rows with a quoted newline, a doubled quote, and three bad rows."""
-    texts = load_dataset()[0][::53][:196] + ['a "fine" film,\nin two lines', "", "   ", "x" * 10_001]
+    texts = load_dataset()[0][::53][:196] + ['a "fine" film,\nin two lines', "", "   ", "x" * (MAX_CHARS + 1)]
     path = tmp_path_factory.mktemp("spark") / "reviews.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

@@ -13,7 +13,7 @@ import quick_v2
 from export import OnnxCore, held_out_texts, load_checkpoint
 from local_server import LocalTorchServe
 from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
-from signature import TRANSFORMER, Signature, load_encoder
+from signature import MAX_CHARS, TRANSFORMER, Signature, load_encoder
 from text import WordPieceEncoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -219,7 +219,7 @@ def test_v2_batch_equals_singles_and_every_form_works(both):
 
 @pytest.mark.parametrize("body, kind", [
     ({"text": ""}, "empty_text"),
-    ({"text": "x" * 10_001}, "text_too_long"),
+    ({"text": "x" * (MAX_CHARS + 1)}, "text_too_long"),
     ({"texts": []}, "too_many_texts"),
     ({"review": "x"}, "missing_text"),
     ({"text": 3}, "wrong_type"),
