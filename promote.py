@@ -438,12 +438,15 @@ class Promotion:
                 raise Precondition(f"Prometheus at {args.prometheus} does not scrape TorchServe's {instance}: `make monitor`")
             time.sleep(0.5)
         self.prometheus_pid()
-        thresholds = generate_rules.latency_thresholds(generate_rules.measured_latencies(), self.d)
-        measured = thresholds.get(self.n) or thresholds.get(self.d)
-        if measured is None:
-            raise Precondition(f"neither v{self.n} nor v{self.d} has `make bench` results: no latency threshold (`make bench VERSION={self.n}`)")
-        self.latency = {"ms": measured["ms"], "from": f"v{measured['version']}: {generate_rules.LATENCY_MULTIPLE} x p50 "
-                        f"{measured['p50_ms']} ms, {measured['source']}"}
+        if args.latency_ms is not None:
+            self.latency = {"ms": args.latency_ms, "from": "--latency-ms"}
+        else:
+            thresholds = generate_rules.latency_thresholds(generate_rules.measured_latencies(), self.d)
+            measured = thresholds.get(self.n) or thresholds.get(self.d)
+            if measured is None:
+                raise Precondition(f"neither v{self.n} nor v{self.d} has `make bench` results: no latency threshold (`make bench VERSION={self.n}`)")
+            self.latency = {"ms": measured["ms"], "from": f"v{measured['version']}: {generate_rules.LATENCY_MULTIPLE} x p50 "
+                            f"{measured['p50_ms']} ms, {measured['source']}"}
         self.labelled = {"test_split": evaluate.held_out_test_split()}
         if args.fresh:
             texts, labels = [], []
@@ -594,6 +597,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shadow", type=Path, help="the bake's shadow texts (CSV/JSONL, gzipped or not, a text column): an opt-in "
                         f"sample of recent requests, never the references or the scored texts (default: {SHADOW_SOURCE})")
     parser.add_argument("--bake", type=float, default=BAKE_SECONDS, help="seconds (default %(default)s)")
+    parser.add_argument("--latency-ms", type=float, help="the bound on N's mean inference latency in the bake (default: the "
+                        "SentimentLatencyHigh threshold N will serve under, 4 x the p50 of its `make bench` results)")
     parser.add_argument("--shadow-batch", type=int, default=SHADOW_BATCH)
     parser.add_argument("--shadow-interval", type=float, default=SHADOW_INTERVAL)
     parser.add_argument("--inference", default="http://127.0.0.1:8080")
