@@ -101,6 +101,9 @@ PSI_MARGIN = 2 * drift.PSI_CRITICAL
 ESTIMATED_ACCURACY_MARGIN = 0.01
 LATENCY_RATIO = generate_rules.LATENCY_MULTIPLE  # N's mean shadow latency over D's, at the same load and texts
 RETAINED_WORKERS = 1  # D's workers after a promotion: its versioned clients and the way back, without taking the cores
+# TorchServe 0.12 scales down at once, failing a batch in flight on the removed worker ("Worker died.", #1101):
+# D is scaled down this long after the switch, once the requests the old default route queued for it are answered.
+DRAIN_SECONDS = 2.0
 RULES_WINDOW, RULES_FOR = "30m", "10m"  # those of `make monitor`'s rules (generate_rules.py's defaults)
 SCRAPE_TIMEOUT = 35  # s for a Prometheus just started to scrape TorchServe (every 15 s by default)
 RELOAD_TIMEOUT = 90  # s for Prometheus to evaluate reloaded rules (every 15 s by default)
@@ -551,6 +554,7 @@ class Promotion:
         self.expect_default(self.d)
         self.admin.set_default(self.n)
         self.switched = True
+        time.sleep(DRAIN_SECONDS)
         self.admin.scale(RETAINED_WORKERS, version=self.d)
         self.act("promoted", default=self.n, workers=self.default_workers, previous_default_workers=RETAINED_WORKERS)
 

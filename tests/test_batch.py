@@ -301,8 +301,9 @@ def test_endpoint_scores_with_the_served_versions_signature_and_limits(v2_defaul
     batch_predict.main([str(source), str(tmp_path / "explained.jsonl"), "--endpoint", url, "--explain", "2"])
     explained = [json.loads(line) for line in (tmp_path / "explained.jsonl").read_text().splitlines()]
     assert all(row["error"] is None and row["positive_words"] is not None for row in explained)
-    size = explain.max_texts(signature)  # v2: 2, v1: max_texts
-    assert sorted(n for u, n in sent if "/explanations/" in u) == sorted(len(few[i : i + size]) for i in range(0, len(few), size))
+    size = explain.max_texts(signature)  # v2: 1, v1: max_texts
+    explaining = [n for u, n in sent if "/explanations/" in u]  # a 503 retried is sent twice
+    assert max(explaining) == min(size, len(few)) and sum(explaining) >= len(few), explaining
 
 def test_endpoint_explanations_keep_within_the_served_character_limit(export_dir, server, signature, tmp_path, monkeypatch):
     """An explanation request may hold max_explain_chars characters of words in all (payload.answer_chars:

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import requests
 import torch
+import yaml
 from ts.context import Context
 
 import batch_predict
@@ -29,7 +30,7 @@ import export
 from handler import SentimentHandler
 from local_server import LocalTorchServe
 from model_def import predict_proba
-from signature import LIMITS, MAX_CHARS, TRANSFORMER, Signature, load_encoder
+from signature import LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
 from text import normalize, token_spans, tokenize
 from train import load_dataset, load_imdb
 import worker_message
@@ -314,7 +315,8 @@ def test_a_failing_explanation_fails_alone(v1_handler, monkeypatch):
 
 def test_explanations_past_the_batch_budget_answer_503_and_predictions_are_unaffected(v1_handler, monkeypatch):
     handler, context = v1_handler
-    assert handler.budget == pytest.approx(10 / 3)  # model-config.yaml's responseTimeout: 10 s
+    timeout = yaml.safe_load((ROOT / "model-config.yaml").read_text())["responseTimeout"]
+    assert handler.budget == pytest.approx(timeout / 3)  # a third of model-config.yaml's responseTimeout
     monkeypatch.setattr(handler, "over_budget", lambda: True)
     answers = run_batch(handler, context, [{"body": {"text": POSITIVE}, "explain": True}, {"body": {"text": POSITIVE}}])
     assert statuses(context, 2) == [503, 200]
@@ -475,8 +477,9 @@ def test_served_explanation_probability_is_the_predictions(served, version):
             == pytest.approx(answer["completeness_error"], abs=1e-9)
         for token in answer["tokens"]:
             assert text[token["start"] : token["end"]]
-    listed = post(served, f"/explanations/sentiment/{version}", {"texts": [POSITIVE, NEGATIVE]}).json()
-    assert [a["label"] for a in listed] == ["positive", "negative"]
+    texts = [POSITIVE, NEGATIVE][: LIMITS[NBSVM if version == "1" else TRANSFORMER]["max_explain_texts"]]
+    listed = post(served, f"/explanations/sentiment/{version}", {"texts": texts}).json()
+    assert [a["label"] for a in listed] == ["positive", "negative"][: len(texts)]
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
