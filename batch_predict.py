@@ -160,12 +160,10 @@ class Endpoint:
 
     def explain(self, texts: list[str]) -> list[list[dict]]:
         """The server's explanations, in requests of as many texts and characters as the served version
-        explains at once (explain.max_texts, Signature.max_explain_chars of payload.answer_chars)."""
-        from explain import max_texts
-
+        explains at once (Signature.max_explain_texts, and max_explain_chars of payload.answer_chars)."""
         if "/predictions/" not in self.url:
             raise SystemExit(f"--explain with --endpoint needs a .../predictions/<model> URL (its /explanations/ twin is asked), got {self.url}")
-        requests = chunks(texts, max_texts(self.signature), self.signature.max_explain_chars, answer_chars)
+        requests = chunks(texts, self.signature.max_explain_texts, self.signature.max_explain_chars, answer_chars)
         with ThreadPoolExecutor(self.workers) as pool:
             return [tokens for chunk in pool.map(self.post_explain, requests) for tokens in chunk]
 

@@ -188,11 +188,6 @@ def words_of(pieces: list[tuple[str, int, int, tuple[int, int]]], attributions: 
     return words
 
 
-def max_texts(signature: Signature) -> int:
-    """Texts one explanation request may hold (a `texts` list over it is answered 400 too_many_texts)."""
-    return signature.max_explain_texts
-
-
 def explainer_for(core, encoder, signature: Signature, steps: int | None = None):
     """The explainer of a core's version: `explainer(text) -> Explanation`."""
     if signature.architecture == TRANSFORMER:

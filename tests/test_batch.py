@@ -11,7 +11,6 @@ import requests
 import torch
 
 import batch_predict
-import explain
 import quick_v2
 from batch_predict import Endpoint, run, score_frame
 from local_server import LocalTorchServe
@@ -268,7 +267,7 @@ def test_endpoint_refuses_a_local_signature_of_another_version(v2_default, expor
 @pytest.mark.parametrize("version", ["2", "1"])
 def test_endpoint_scores_with_the_served_versions_signature_and_limits(v2_default, export_dir, tmp_path, monkeypatch, version):
     """Without --artifact, the signature is build/v<served version>/export's: v2 (the default) gets v2's
-    request sizes, for predictions (max_texts) and explanations (explain.max_texts, fewer), and the same
+    request sizes, for predictions (max_texts) and explanations (max_explain_texts, fewer), and the same
     answers as scoring locally with v2's export; a URL naming version 1 gets v1's."""
     build = tmp_path / "build"
     (build / "v2").mkdir(parents=True)
@@ -301,7 +300,7 @@ def test_endpoint_scores_with_the_served_versions_signature_and_limits(v2_defaul
     batch_predict.main([str(source), str(tmp_path / "explained.jsonl"), "--endpoint", url, "--explain", "2"])
     explained = [json.loads(line) for line in (tmp_path / "explained.jsonl").read_text().splitlines()]
     assert all(row["error"] is None and row["positive_words"] is not None for row in explained)
-    size = explain.max_texts(signature)  # v2: 1, v1: max_texts
+    size = signature.max_explain_texts  # v2: 1, v1: max_texts
     explaining = [n for u, n in sent if "/explanations/" in u]  # a 503 retried is sent twice
     assert max(explaining) == min(size, len(few)) and sum(explaining) >= len(few), explaining
 

@@ -37,7 +37,6 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 import quick_v2
 from bench.loadgen import JSON, PLAIN_TEXT, Outcome, Request
-from explain import max_texts as explain_max_texts
 from local_server import ROOT, LocalTorchServe
 from model_def import predict_proba
 from signature import Signature, load_encoder
@@ -156,7 +155,7 @@ class SizedList:
     delta: int
 
     def build(self, signature: Signature) -> list:
-        n = max(0, limit_of(signature, self.limit) + self.delta)
+        n = max(0, getattr(signature, self.limit) + self.delta)
         return [materialize(self.item, signature)] * n
 
 
@@ -178,10 +177,6 @@ class KServeV2:
     def build(self, signature: Signature) -> dict:
         data = materialize(self.data, signature)
         return {"id": self.id, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": data}]}
-
-
-def limit_of(signature: Signature, name: str) -> int:
-    return explain_max_texts(signature) if name == "max_explain_texts" else getattr(signature, name)
 
 
 def materialize(value, signature: Signature):
@@ -453,7 +448,7 @@ def test_fuzz_run_sent_enough_requests_per_version():
 def test_max_response_size_fits_the_largest_answer_the_signatures_allow(served):
     for version in VERSIONS:
         signature = served[version]["signature"]
-        assert MAX_RESPONSE_SIZE >= max_response_bytes(explain_max_texts(signature), signature.max_explain_chars), version
+        assert MAX_RESPONSE_SIZE >= max_response_bytes(signature.max_explain_texts, signature.max_explain_chars), version
     assert MAX_RESPONSE_SIZE == max_response_bytes(served["1"]["signature"].max_texts, served["1"]["signature"].max_explain_chars)
 
 
@@ -463,7 +458,7 @@ def test_largest_explanation_answer_is_served(ts, served, version):
     budget: the answer fits max_response_size and the worker lives (v1 answered 1.2 MB to "!" x 10,000)."""
     signature = served[version]["signature"]
     text = largest_explanation_text(signature)
-    n = min(explain_max_texts(signature), signature.max_explain_chars // len(text))
+    n = min(signature.max_explain_texts, signature.max_explain_chars // len(text))
     pids = worker_pids(ts)
     [outcome] = post(ts, [Request(path(version, explain=True), json.dumps({"texts": [text] * n}).encode(), JSON, None)])
     assert outcome.status == 200, outcome.body[:300]
