@@ -6,7 +6,7 @@ BIN        := $(VENV)/bin
 MODEL_NAME := sentiment
 VERSION    ?= 1
 SEED       ?= $(VERSION)
-# VERSION=2 is the fine-tuned transformer (train_transformer.py, ~25 minutes on 2 busy cores), any other the NBSVM
+# VERSION=2 is the fine-tuned transformer (train_transformer.py, under 60 minutes on 2 cores), any other the NBSVM
 # (train.py, ~2 minutes: rt-polarity + IMDB train); ARCH says otherwise, e.g. `make archive VERSION=3 ARCH=nbsvm TRAIN_ARGS="--fresh samples/fresh.csv"`.
 ARCH       ?= $(if $(filter 2,$(VERSION)),transformer,nbsvm)
 TRANSFORMER := $(filter transformer,$(ARCH))
@@ -89,12 +89,12 @@ install-dev: $(VENV)/.installed-dev ## add test and benchmark dependencies
 $(PRETRAINED)/model.safetensors: pretrained.py | $(VENV)/.installed
 	$(PY) pretrained.py $(PRETRAINED)
 
-# v1 retrains (~2 min) when its code changes; the transformer (~25 min on 2 busy cores) only when its
+# v1 retrains (~2 min) when its code changes; the transformer (under 60 min on 2 cores) only when its
 # checkpoint is missing: `rm build/v2/checkpoint.pt` to fine-tune again. Export re-runs on any change.
 $(BUILD)/checkpoint.pt: $(if $(TRANSFORMER),,$(TRAINER) text.py model_def.py) | $(VENV)/.installed $(if $(TRANSFORMER),$(PRETRAINED)/model.safetensors)
 	$(PY) $(TRAINER) --out $(BUILD) --seed $(SEED) $(TRAIN_ARGS)
 
-train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~2 min), VERSION=2 the transformer (~25 min)
+train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~2 min), VERSION=2 the transformer (under 60 min)
 
 $(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signature.py text.py drift.py
 	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME)

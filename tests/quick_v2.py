@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "test-v2"
 EXPORT = BUILD / "export"
 STORE = BUILD / "model_store"  # sentiment.mar (v1, copied) and sentiment_v2.mar (this build)
-TRAIN_ARGS = "--max-steps 40 --eval-size 200"
+TRAIN_ARGS = "--max-steps 40 --eval-size 200 --imdb-size 100"
 
 
 def build() -> Path:
