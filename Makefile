@@ -6,14 +6,14 @@ BIN        := $(VENV)/bin
 MODEL_NAME := sentiment
 VERSION    ?= 1
 SEED       ?= $(VERSION)
-# VERSION=2 is the fine-tuned transformer (train_transformer.py, under 60 minutes on 2 cores), any other the NBSVM
-# (train.py, ~2 minutes: rt-polarity + IMDB train); ARCH says otherwise, e.g. `make archive VERSION=3 ARCH=nbsvm TRAIN_ARGS="--fresh samples/fresh.csv"`.
+# VERSION=2 is the fine-tuned transformer (sentiment/training/transformer.py, under 60 minutes on 2 cores), any other the NBSVM
+# (sentiment/training/nbsvm.py, ~2 minutes: rt-polarity + IMDB train); ARCH says otherwise, e.g. `make archive VERSION=3 ARCH=nbsvm TRAIN_ARGS="--fresh samples/fresh.csv"`.
 ARCH       ?= $(if $(filter 2,$(VERSION)),transformer,nbsvm)
 TRANSFORMER := $(filter transformer,$(ARCH))
 # `make serve VERSION=N` serves v1 beside it. Comments stay on their own lines: make keeps the blanks
 # before a trailing comment in the value, and a blank is not empty to $(if).
 BESIDE_V1  := $(filter-out 1,$(VERSION))
-TRAINER    := $(if $(TRANSFORMER),train_transformer.py,train.py)
+TRAINER    := sentiment.training.$(if $(TRANSFORMER),transformer,nbsvm)
 TRAIN_ARGS ?=
 BUILD      ?= build/v$(VERSION)
 EXPORT     := $(BUILD)/export
@@ -22,7 +22,8 @@ MODEL_CONFIG := $(if $(TRANSFORMER),model-config-v2.yaml,model-config.yaml)
 MAR_NAME   := $(if $(filter 1,$(VERSION)),$(MODEL_NAME),$(MODEL_NAME)_v$(VERSION))
 MAR        := $(STORE)/$(MAR_NAME).mar
 PRETRAINED := build/pretrained
-SERVED_CODE := handler.py payload.py prediction_metrics.py drift.py text.py model_def.py signature.py explain.py worst_case.py
+# What a worker imports: handler.py and the sentiment.serving package (the archive ships nothing else of the tree)
+SERVED_CODE := handler.py sentiment/__init__.py $(wildcard sentiment/serving/*.py)
 # The ports of `make serve` (config.properties holds the same defaults; other values are written into a
 # copy of it under LOGS, e.g. `make serve INFERENCE_PORT=18080` when 8080 is taken).
 INFERENCE_PORT  ?= 8080
@@ -86,28 +87,32 @@ install: $(VENV)/.installed ## create .venv with the pinned serving dependencies
 
 install-dev: $(VENV)/.installed-dev ## add test and benchmark dependencies
 
-$(PRETRAINED)/model.safetensors: pretrained.py | $(VENV)/.installed
-	$(PY) pretrained.py $(PRETRAINED)
+$(PRETRAINED)/model.safetensors: sentiment/training/pretrained.py | $(VENV)/.installed
+	$(PY) -m sentiment.training.pretrained $(PRETRAINED)
 
 # v1 retrains (~2 min) when its code changes; the transformer (under 60 min on 2 cores) only when its
 # checkpoint is missing: `rm build/v2/checkpoint.pt` to fine-tune again. Export re-runs on any change.
-$(BUILD)/checkpoint.pt: $(if $(TRANSFORMER),,$(TRAINER) text.py model_def.py) | $(VENV)/.installed $(if $(TRANSFORMER),$(PRETRAINED)/model.safetensors)
-	$(PY) $(TRAINER) --out $(BUILD) --seed $(SEED) $(TRAIN_ARGS)
+$(BUILD)/checkpoint.pt: $(if $(TRANSFORMER),,sentiment/training/nbsvm.py sentiment/data.py sentiment/serving/text.py sentiment/serving/core.py) | $(VENV)/.installed $(if $(TRANSFORMER),$(PRETRAINED)/model.safetensors)
+	$(PY) -m $(TRAINER) --out $(BUILD) --seed $(SEED) $(TRAIN_ARGS)
 
 train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~2 min), VERSION=2 the transformer (under 60 min)
 
-$(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py model_def.py signature.py text.py drift.py
+$(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py sentiment/training/export.py sentiment/data.py $(wildcard sentiment/serving/*.py)
 	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME)
 
 export: $(EXPORT)/signature.json ## TorchScript + ONNX core and signature.json into build/vN/export
 
-# The archive holds the TorchScript core, the served code and the export's JSON files (signature,
-# and vocab.json for v1 or tokenizer.json for v2); the ONNX core is not served.
+# The archive holds the TorchScript core, handler.py, the sentiment.serving package as a folder (staged in
+# $(BUILD)/served: --extra-files copies a folder's contents) and the export's JSON files (signature, and
+# vocab.json for v1 or tokenizer.json for v2); the ONNX core is not served.
 $(MAR): $(EXPORT)/signature.json $(SERVED_CODE) $(MODEL_CONFIG)
 	mkdir -p $(STORE)
+	rm -rf $(BUILD)/served && mkdir -p $(BUILD)/served/sentiment/serving
+	cp sentiment/__init__.py $(BUILD)/served/sentiment/
+	cp $(filter sentiment/serving/%,$(SERVED_CODE)) $(BUILD)/served/sentiment/serving/
 	$(BIN)/torch-model-archiver --force --model-name $(MODEL_NAME) --version $(VERSION) \
 		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file $(MODEL_CONFIG) \
-		--extra-files "$$(echo $(filter-out handler.py,$(SERVED_CODE)) $(EXPORT)/*.json | tr ' ' ',')" \
+		--extra-files "$(BUILD)/served,$$(echo $(EXPORT)/*.json | tr ' ' ',')" \
 		--export-path $(BUILD)
 	mv $(BUILD)/$(MODEL_NAME).mar $@
 	@echo "built $@"
@@ -156,7 +161,7 @@ stop: ## stop TorchServe started by `make serve` (and Prometheus started by `mak
 	rm -rf $$unpacked; [ -z "$$keys" ] || rm -f "$$keys"
 
 explain: $(if $(TRANSFORMER),,$(EXPORT)/signature.json) | $(VENV)/.installed ## which words made the prediction of TEXT="...", coloured and ranked (VERSION=2: the transformer's build/v2/export)
-	$(PY) -W ignore::DeprecationWarning explain.py --artifact $(EXPORT) "$$TEXT"
+	$(PY) -W ignore::DeprecationWarning -m sentiment.serving.explain --artifact $(EXPORT) "$$TEXT"
 
 predict: ## curl one prediction (TEXT="...")
 	curl -s -X POST $(call AUTH,inference) $(INFERENCE)/predictions/$(MODEL_NAME) -H 'Content-Type: application/json' \
@@ -196,13 +201,13 @@ chaos: install-dev archive ## the soak while kill -9'ing a worker at 1/3 and 2/3
 	$(PY) scripts/soak.py --minutes $(MINUTES) --concurrency 32 --kill-worker --out bench/results/chaos.json
 
 batch: install-dev export ## score a CSV/JSONL/Parquet file offline with the exported core: make batch IN=samples/reviews.csv OUT=scored.csv
-	$(PY) batch_predict.py $(IN) $(OUT) --artifact $(EXPORT)
+	$(PY) -m sentiment.ops.batch_predict $(IN) $(OUT) --artifact $(EXPORT)
 
 kserve-layout: install-dev archive ## build/kserve/: model-store/ + config/config.properties for KServe's TorchServe runtime
-	$(PY) deploy/kserve/build_layout.py --mar $(MAR) --out build/kserve
+	$(PY) -m sentiment.ops.kserve_layout --mar $(MAR) --out build/kserve
 
 evaluate: install-dev ## accuracy and ROC AUC of the served model on the held-out split (VERSION=2; DATA=file.csv|.jsonl)
-	$(PY) evaluate.py --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) --artifact $(EXPORT) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
+	$(PY) -m sentiment.ops.evaluate --url $(INFERENCE) --model $(MODEL_NAME) --version $(VERSION) --artifact $(EXPORT) $(if $(DATA),--data $(DATA)) --out $(BUILD)/served-evaluation.json
 
 prometheus: ## install Debian's prometheus package (prometheus, promtool) if missing; monitor and test need it
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
@@ -213,14 +218,14 @@ prometheus: ## install Debian's prometheus package (prometheus, promtool) if mis
 	@# (the package enables a system service on every interface; this project runs its own, on 127.0.0.1)
 
 rules: install-dev $(REFERENCE_EXPORTS:%=%/signature.json) ## regenerate the committed deploy/prometheus/rules/ + tests: v1's reference (REFERENCE_EXPORTS=...), latency thresholds from bench/results/
-	$(PY) deploy/prometheus/generate_rules.py $(foreach e,$(REFERENCE_EXPORTS),--export $(e))
+	$(PY) -m sentiment.ops.rules $(foreach e,$(REFERENCE_EXPORTS),--export $(e))
 
 # The rules of `make monitor` follow the versions the server serves (read through its management API,
 # each reference from the archive it registered); they and their config go under $(PROM_HOME), never
 # over the committed files. Run it again after registering a version or a set-default: it reloads.
 monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:PROMETHEUS_PORT (9090; data in logs/prometheus/): scrapes make serve's /metrics, evaluates the drift, latency and health rules of the versions it serves (make serve first)
 	@mkdir -p $(PROM_HOME)
-	@$(PY) deploy/prometheus/generate_rules.py --server $(MANAGEMENT) --model-store $(STORE) --rules-out $(PROM_HOME)/rules \
+	@$(PY) -m sentiment.ops.rules --server $(MANAGEMENT) --model-store $(STORE) --rules-out $(PROM_HOME)/rules \
 		--tests-out '' --config-out $(PROM_HOME)/prometheus.yml --scrape $(METRICS:http://%=%) >/dev/null
 	@promtool check config $(PROM_HOME)/prometheus.yml >/dev/null || exit 1
 	@pid=$$(cat $(PROM_HOME)/prometheus.pid 2>/dev/null); \
@@ -235,20 +240,20 @@ monitor: prometheus install-dev ## start Prometheus on 127.0.0.1:PROMETHEUS_PORT
 		sleep 0.5; done; echo "Prometheus did not become ready; see $(PROM_HOME)/prometheus.log"; exit 1
 
 drift-report: install-dev ## live vs reference distributions per model version from Prometheus, a verdict, build/drift-report.png (WINDOW=30m)
-	$(PY) drift_report.py --prometheus $(PROMETHEUS) --window $(WINDOW) --png build/drift-report.png
+	$(PY) -m sentiment.ops.drift_report --prometheus $(PROMETHEUS) --window $(WINDOW) --png build/drift-report.png
 
-# README's loop from the canary on, as one run of promote.py (its docstring says why each step): the archive of
+# README's loop from the canary on, as one run of sentiment/ops/promote.py (its docstring says why each step): the archive of
 # CANDIDATE registered beside the default, both scored on labels neither trained on (a paired exact test), a bake of
 # paired shadow traffic (SHADOW=recent-requests.csv, default IMDB's test reviews) judged on what its client got and on
 # Prometheus, then set-default (compare and set) or roll back. One run at a time (a lock); a rerun finishes or undoes
 # a killed one. Needs `make serve MODEL_API=on`. make exits 0 promoted, 2 otherwise (make's status for any failed
-# recipe; the last line says which: rolled back, promote.py's 1, nothing done, its 2, or stopped, its 3).
+# recipe; the last line says which: rolled back, sentiment/ops/promote.py's 1, nothing done, its 2, or stopped, its 3).
 promote: monitor ## canary CANDIDATE=N (model_store/sentiment_vN.mar): scores (FRESH=fresh.csv), a BAKE (600 s) of paired shadow traffic (SHADOW=file), then promote or roll back; evidence in build/promotions/
 	@test -n "$(CANDIDATE)" || { echo "usage: make promote CANDIDATE=N [FRESH=fresh.csv] [SHADOW=requests.csv] [BAKE=seconds]" >&2; exit 2; }
-	$(PY) promote.py --candidate $(CANDIDATE) --inference $(INFERENCE) --management $(MANAGEMENT) --metrics $(METRICS) \
+	$(PY) -m sentiment.ops.promote --candidate $(CANDIDATE) --inference $(INFERENCE) --management $(MANAGEMENT) --metrics $(METRICS) \
 		--prometheus $(PROMETHEUS) --prom-home $(PROM_HOME) --model-store $(STORE) $(if $(FRESH),--fresh $(FRESH)) \
 		$(if $(SHADOW),--shadow $(SHADOW)) $(if $(BAKE),--bake $(BAKE)) \
-		|| { s=$$?; echo "make promote: $$(case $$s in 1) echo 'rolled back';; 3) echo 'stopped: someone else changed the default';; *) echo 'nothing done';; esac) (promote.py exit $$s; make itself exits 2)" >&2; exit $$s; }
+		|| { s=$$?; echo "make promote: $$(case $$s in 1) echo 'rolled back';; 3) echo 'stopped: someone else changed the default';; *) echo 'nothing done';; esac) (sentiment/ops/promote.py exit $$s; make itself exits 2)" >&2; exit $$s; }
 
 # and the archives TorchServe unpacked for sentiment that no running process works in (make stop removes its server's own)
 clean: ## remove build outputs and archives, and sentiment's unpacked archives no TorchServe uses any more

@@ -1,7 +1,7 @@
 """The served model outside TorchServe, loaded from the archive (.mar) as the handler loads it.
 
-The in-process measurements (inprocess.py) import text.py, signature.py, payload.py and model_def.py
-and load model.pt / vocab.json / signature.json from the extracted archive, not from the working
+The in-process measurements (inprocess.py) import the archive's sentiment.serving package (text, signature,
+payload, core) and load model.pt / vocab.json / signature.json from the extracted archive, not from the working
 tree: they run exactly the code and weights TorchServe serves, even while the working tree is being
 changed or rebuilt.
 """
@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ARCHIVE_MODULES = ("text", "signature", "payload", "model_def")
+ARCHIVE_MODULES = ("text", "signature", "payload", "core")  # of sentiment.serving
 
 
 def extract(mar: Path, into: Path | None = None) -> Path:
@@ -24,7 +24,7 @@ def extract(mar: Path, into: Path | None = None) -> Path:
 
 
 class Served:
-    """Encode and forward of one extracted archive (v1: text.Encoder and model_def.to_tensors)."""
+    """Encode and forward of one extracted archive (v1: text.Encoder and core.to_tensors)."""
 
     def __init__(self, model_dir: Path):
         import torch
@@ -34,11 +34,11 @@ class Served:
             sys.path.insert(0, str(self.model_dir))
         self.modules = {}
         for name in ARCHIVE_MODULES:
-            module = importlib.import_module(name)
-            if Path(module.__file__).resolve().parent != self.model_dir:
+            module = importlib.import_module(f"sentiment.serving.{name}")
+            if Path(module.__file__).resolve().parents[2] != self.model_dir:
                 raise ImportError(f"{name} was imported from {module.__file__}, not from the archive {self.model_dir}")
             self.modules[name] = module
-        self.text, self.payload, self.model_def = self.modules["text"], self.modules["payload"], self.modules["model_def"]
+        self.text, self.payload, self.core = self.modules["text"], self.modules["payload"], self.modules["core"]
         signature_module = self.modules["signature"]
         self.signature = signature_module.Signature.load(self.model_dir)
         self.encoder = self.text.Encoder(signature_module.load_vocab_index(self.model_dir, self.signature), self.signature.features)
@@ -46,7 +46,7 @@ class Served:
         self.torch = torch
 
     def encode(self, texts: list[str]):
-        return self.model_def.to_tensors(*self.encoder.batch(texts))
+        return self.core.to_tensors(*self.encoder.batch(texts))
 
     def forward(self, tensors, model=None) -> list[float]:
         with self.torch.inference_mode():

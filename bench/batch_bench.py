@@ -1,5 +1,5 @@
-"""Batch scoring throughput: the CLI (batch_predict.py) vs Spark local mode (spark_predict.py), optionally
-a running TorchServe through `batch_predict.py --endpoint`, on the same 10,000-row CSV file.
+"""Batch scoring throughput: the CLI (sentiment/ops/batch_predict.py) vs Spark local mode (sentiment/ops/spark_predict.py), optionally
+a running TorchServe through `sentiment/ops/batch_predict.py --endpoint`, on the same 10,000-row CSV file.
 
     .venv/bin/python bench/batch_bench.py             # 30-120 s on 2 shared cores (33 s in issue 29's run)
     .venv/bin/python bench/batch_bench.py --http      # also TorchServe (starts its own, free ports)
@@ -7,7 +7,7 @@ a running TorchServe through `batch_predict.py --endpoint`, on the same 10,000-r
 The file: 10,000 rt-polarity snippets (shuffled with a fixed seed) as id,text,truth, in a
 temporary folder removed at the end. Every case reads it and writes Parquet. rows/s is end to end within the process:
 model load, read, encode, forward, write (`wall_s` of the CLI adds its interpreter start and imports,
-as a fresh `batch_predict.py` process pays them). Spark is measured cold (first job of a new session: Python workers start, import torch,
+as a fresh `sentiment/ops/batch_predict.py` process pays them). Spark is measured cold (first job of a new session: Python workers start, import torch,
 load the model) and warm (the same job again, in the same session, workers and model reused),
 with the input spread over every core. Writes bench/results/batch.json with the git commit it came
 from (bench/provenance.py: from a dirty tree only with --allow-dirty, into bench/results/tmp/).
@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import batch_predict  # noqa: E402
+from sentiment.ops import batch_predict  # noqa: E402
 from bench.provenance import Provenance  # noqa: E402
-from train import load_dataset  # noqa: E402
+from sentiment.data import load_dataset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROWS = 10_000
@@ -52,13 +52,13 @@ def make_input(path: Path, rows: int = ROWS) -> Path:
 def cli(source: Path) -> dict:
     summary = batch_predict.run(source, source.with_name("cli.parquet"))  # first in this process: includes loading the model
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, str(ROOT / "batch_predict.py"), str(source), str(source.with_name("cli.parquet"))],
+    run = subprocess.run([sys.executable, str(ROOT / "sentiment/ops/batch_predict.py"), str(source), str(source.with_name("cli.parquet"))],
                          capture_output=True, text=True, check=True)
     return {**summary, "wall_s": round(time.perf_counter() - started, 2), "summary_line": run.stdout.strip()}
 
 
 def spark(source: Path) -> dict:
-    import spark_predict
+    from sentiment.ops import spark_predict
 
     started = time.perf_counter()
     session = spark_predict.local_session("local[*]")
@@ -73,7 +73,7 @@ def spark(source: Path) -> dict:
 
 
 def http(source: Path) -> dict:
-    from local_server import LocalTorchServe
+    from sentiment.ops.torchserve import LocalTorchServe
 
     with LocalTorchServe(ROOT / "model_store") as ts:  # the shipped archive and its model-config.yaml
         url = f"{ts.inference}/predictions/sentiment"

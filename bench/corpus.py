@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-from train import load_dataset  # noqa: E402
+from sentiment.data import load_dataset  # noqa: E402
 
 COUNT, LONG_FRACTION, SEED = 2000, 0.2, 0
 SHORT_WORDS, LONG_CHARS, LONG_COUNT = 26, 1000, 500

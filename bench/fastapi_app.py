@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request, Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model import MODEL, TORCH_THREADS, Predictor
-from payload import BadRequest
+from sentiment.serving.payload import BadRequest
 
 
 def create_app() -> FastAPI:

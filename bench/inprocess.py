@@ -5,7 +5,7 @@
 bench/run.py calls `measure()`, which runs this file in a process of its own. Everything runs the
 code and weights of the extracted archive (bench/archive.py), one thread.
 
-Ceilings, on batches of 1 and 64 texts of the request mix (texts/s): text.py encoding alone
+Ceilings, on batches of 1 and 64 texts of the request mix (texts/s): sentiment/serving/text.py encoding alone
 (tokenise, features, vocabulary ids), and the forward pass alone on pre-encoded batches, for the
 archive's TorchScript core, the eager model (--checkpoint, if it matches the archive), ONNX Runtime
 (--onnx, if it matches) and TorchScript with 2 threads.
@@ -39,7 +39,7 @@ from pathlib import Path
 from archive import Served
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the archive's folder: worker_message only
-from worker_message import MessageSocket, predict_message  # noqa: E402
+from bench.worker_message import MessageSocket, predict_message  # noqa: E402
 
 
 def measure(model_dir: Path, bodies_file: Path, onnx: Path, checkpoint: Path, batch_sizes: tuple, seconds: float) -> dict:
@@ -96,14 +96,14 @@ def eager_model(served: Served, checkpoint_dir: Path | None):
     """The eager model from the training checkpoint, if there is one and it is the archive's model."""
     if checkpoint_dir is None or not (checkpoint_dir / "checkpoint.pt").exists():
         return None, "no checkpoint"
-    torch, model_def = served.torch, served.model_def
+    torch, core = served.torch, served.core
     try:
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=True)
-        model = model_def.SentimentClassifier(model_def.ModelConfig(**checkpoint["config"]))
+        model = core.SentimentClassifier(core.ModelConfig(**checkpoint["config"]))
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval(), None
     except Exception as error:  # a checkpoint of another model version or code version
-        return None, f"checkpoint does not load with the archive's model_def: {error!r}"[:300]
+        return None, f"checkpoint does not load with the archive's core: {error!r}"[:300]
 
 
 def onnx_session(path: Path | None):

@@ -21,7 +21,7 @@ from fastapi import HTTPException
 
 from fastapi_app import NoDelayProtocol
 from model import MODEL, TORCH_THREADS, Predictor
-from payload import BadRequest
+from sentiment.serving.payload import BadRequest
 
 
 class SentimentAPI(ls.LitAPI):

@@ -17,7 +17,7 @@ import psutil
 import requests
 
 from common import BENCH, PY, log
-from local_server import LocalTorchServe
+from sentiment.ops.torchserve import LocalTorchServe
 
 
 # ---------------------------------------------------------------- processes and CPU accounting

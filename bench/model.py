@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from payload import answer_all, parse_request, response_body  # noqa: E402
+from sentiment.serving.payload import answer_all, parse_request, response_body  # noqa: E402
 
 MODEL = "sentiment"
 TORCH_THREADS = 1  # per serving process unless the archive's config says otherwise, as handler.TORCH_THREADS
@@ -51,13 +51,13 @@ def torch_threads(config: dict) -> int:
 
 
 class Predictor:
-    """Request bodies in, response bodies out, as the TorchServe handler answers them: payload.py
+    """Request bodies in, response bodies out, as the TorchServe handler answers them: sentiment/serving/payload.py
     parses and validates, the scoring function scores every text of a batch of requests in one
-    call, payload.py labels and writes the answers."""
+    call, sentiment/serving/payload.py labels and writes the answers."""
 
     def __init__(self, artifact_dir: Path, threads: int = TORCH_THREADS):
         import torch  # here, not at the top: bench/run.py imports this module only for the paths above
-        from batch_predict import load_core
+        from sentiment.ops.batch_predict import load_core
 
         torch.set_num_threads(threads)
         self.score = load_core(str(artifact_dir))
@@ -82,7 +82,7 @@ def scoring_ceiling(artifact_dir: Path, bodies: dict[str, list[str]], batch_size
     import time
 
     import torch
-    from batch_predict import load_core
+    from sentiment.ops.batch_predict import load_core
 
     torch.set_num_threads(1)
     score = load_core(str(artifact_dir))

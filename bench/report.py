@@ -231,7 +231,7 @@ def ceilings_lines(results: dict) -> list[str]:
     if not results.get("ceilings"):
         return ["", "In-process ceilings: not measured for this model version."]
     lines = ["", "In-process ceilings, the archive's code, texts per CPU-second (one thread unless stated):", "",
-             "| batch | encode (text.py) | TorchScript fwd | eager fwd | ONNX Runtime fwd | TorchScript fwd, 2 threads | encode + TorchScript |",
+             "| batch | encode (sentiment/serving/text.py) | TorchScript fwd | eager fwd | ONNX Runtime fwd | TorchScript fwd, 2 threads | encode + TorchScript |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for b, e in results["ceilings"]["batches"].items():
         cells = [num(e[name]["texts_per_cpu_s"]) if name in e else "n/a" for name in ("encode", "torchscript", "eager", "onnxruntime")]

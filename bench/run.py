@@ -158,7 +158,7 @@ def measure(args, scratch: Path, started: float, run: Provenance) -> dict:
                    "head_to_head_warmup_s": headtohead.WARM_S,
                    "loadgen": "bench/loadgen.py: asyncio + aiohttp, closed loop, keep-alive, every answer's shape checked, "
                               "one process on the same cores as the servers",
-                   "peers": "bench/fastapi_app.py and bench/litserve_app.py: payload.py bodies, batch_predict.load_core scoring "
+                   "peers": "bench/fastapi_app.py and bench/litserve_app.py: sentiment/serving/payload.py bodies, batch_predict.load_core scoring "
                             "(which imports pandas and pyarrow: in each peer process's RSS)",
                    "bodies": described},
     }

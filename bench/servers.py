@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from common import BENCH, MODEL, PY, log
-from local_server import AdminError, LocalTorchServe, free_port
+from sentiment.ops.torchserve import AdminError, LocalTorchServe, free_port
 from measure import tree
 
 PREWARM_REQUESTS = 100  # sent one by one after each (re-)registration, before any warm-up

@@ -19,7 +19,7 @@ from pathlib import Path
 from common import CONCURRENCY, MODEL, log
 from measure import Bench
 from servers import Server, prewarm, ts_groups
-from local_server import LocalTorchServe
+from sentiment.ops.torchserve import LocalTorchServe
 
 BODIES = ("short", "long")
 VARIANTS = {

@@ -43,15 +43,16 @@ from scripts import need  # noqa: E402
 
 need()  # matplotlib, before the imports below
 
-import drift  # noqa: E402
+from sentiment.serving import drift  # noqa: E402
 from bench.provenance import RESULTS, Provenance  # noqa: E402
-from export import CALIBRATION_FOLDS, CALIBRATION_METHODS, CALIBRATION_SHUFFLES, calibration_folds, fit_map, log_loss  # noqa: E402
-from model_def import predict_proba  # noqa: E402
-from payload import labelled  # noqa: E402
+from sentiment.training.export import CALIBRATION_FOLDS, CALIBRATION_METHODS, CALIBRATION_SHUFFLES, calibration_folds, fit_map, log_loss  # noqa: E402
+from sentiment.serving.core import predict_proba  # noqa: E402
+from sentiment.serving.payload import labelled  # noqa: E402
 from scripts.long_reviews import long_reviews  # noqa: E402
-from signature import Signature, load_encoder  # noqa: E402
-from text import token_spans, tokenize  # noqa: E402
-from train import held_out, load_dataset, load_imdb, split  # noqa: E402
+from sentiment.serving.signature import Signature, load_encoder  # noqa: E402
+from sentiment.serving.text import token_spans, tokenize  # noqa: E402
+from sentiment.data import held_out, load_dataset, load_imdb
+from sentiment.data import split  # noqa: E402
 
 BINS = 10  # equal-width bins of P(positive) for the ECE and the diagram
 FLOOR_DRAWS = 2000  # label draws for the ECE of a perfectly calibrated model

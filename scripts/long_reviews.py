@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.provenance import RESULTS, Provenance  # noqa: E402
 from scripts import need  # noqa: E402
-from signature import Signature  # noqa: E402
-from text import WordPieceEncoder  # noqa: E402
-from train import load_dataset, split  # noqa: E402
+from sentiment.serving.signature import Signature  # noqa: E402
+from sentiment.serving.text import WordPieceEncoder  # noqa: E402
+from sentiment.data import load_dataset
+from sentiment.data import split  # noqa: E402
 
 REVIEWS_PER_LABEL = 100
 CHARS = (1_500, 6_000)

@@ -27,14 +27,15 @@ need()  # before evaluate's requests
 import numpy as np  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
-import drift  # noqa: E402
+from sentiment.serving import drift  # noqa: E402
 from bench.provenance import RESULTS, Provenance  # noqa: E402
-from evaluate import held_out_test_split, predict_served  # noqa: E402
-from local_server import LocalTorchServe  # noqa: E402
+from sentiment.data import held_out_test_split
+from sentiment.ops.evaluate import predict_served  # noqa: E402
+from sentiment.ops.torchserve import LocalTorchServe  # noqa: E402
 from scripts.calibration import ece  # noqa: E402
-from signature import Signature  # noqa: E402
-from text import normalized_length_bound  # noqa: E402
-from train import load_imdb  # noqa: E402
+from sentiment.serving.signature import Signature  # noqa: E402
+from sentiment.serving.text import normalized_length_bound  # noqa: E402
+from sentiment.data import load_imdb  # noqa: E402
 
 VERSIONS = {"1": "sentiment.mar", "2": "sentiment_v2.mar"}
 

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 from bench.loadgen import JSON, PLAIN_TEXT, TIMEOUT as CLIENT_TIMEOUT, Outcome, Request, closed_loop, latency_ms  # noqa: E402
 from bench.provenance import Provenance  # noqa: E402
-from local_server import TorchServeAdmin  # noqa: E402
+from sentiment.ops.torchserve import TorchServeAdmin  # noqa: E402
 
 MODEL = "sentiment"
 MODEL_STORE = ROOT / "model_store"
@@ -79,7 +79,7 @@ def review_requests(texts: list[str], model: str = MODEL, count: int = 2000, see
 
 
 def load_reviews() -> list[str]:
-    from train import load_dataset  # imports torch: only when reviews are needed
+    from sentiment.data import load_dataset  # imports torch: only when reviews are needed
 
     return load_dataset()[0]
 
@@ -370,7 +370,7 @@ def main() -> None:
                 raise SystemExit("--inference and --management go together")
             inference, management = loopback(args.inference), loopback(args.management)
         else:
-            from local_server import LocalTorchServe
+            from sentiment.ops.torchserve import LocalTorchServe
 
             store = Path(tempfile.mkdtemp(prefix="soak-store-"))
             shutil.copy(MODEL_STORE / f"{MODEL}.mar", store)  # a private copy: `make archive` may rewrite the original meanwhile

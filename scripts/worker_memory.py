@@ -26,11 +26,11 @@ steps = {"python": rss()}
 import torch; steps["import torch"] = rss()
 import ts.model_service_worker, ts.torch_handler.base_handler; steps["TorchServe worker modules"] = rss()
 sys.path.insert(0, ROOT)
-import handler; steps["handler modules"] = rss()
-from signature import Signature, load_encoder
+from sentiment.serving import handler; steps["handler modules"] = rss()
+from sentiment.serving.signature import Signature, load_encoder
 signature = Signature.load(EXPORT); encoder = load_encoder(EXPORT, signature); steps["vocabulary index"] = rss()
 core = torch.jit.load(EXPORT + "/model.pt"); steps["TorchScript core"] = rss()
-from explain import explainer_for
+from sentiment.serving.explain import explainer_for
 explainer = explainer_for(core, encoder, signature); steps["explainer"] = rss()
 print(json.dumps(steps))
 """

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from local_server import LocalTorchServe, server_processes  # noqa: E402
-from signature import Signature, load_vocab_index  # noqa: E402
-from text import Encoder  # noqa: E402
+from sentiment.ops.torchserve import LocalTorchServe, server_processes  # noqa: E402
+from sentiment.serving.signature import Signature, load_vocab_index  # noqa: E402
+from sentiment.serving.text import Encoder  # noqa: E402
 
 EXPORT_DIR = ROOT / "build" / "v1" / "export"
 MODEL_STORE = ROOT / "model_store"

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 
-import handler
+from sentiment.serving import handler
 
 log = logging.getLogger(__name__)
 

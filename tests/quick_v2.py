@@ -1,5 +1,5 @@
 """A quickly fine-tuned v2 (the transformer) for the tests: the real pipeline (`make archive VERSION=2`:
-verified pretrained weights, train_transformer.py, export with its parity checks, archive) cut to a
+verified pretrained weights, sentiment/training/transformer.py, export with its parity checks, archive) cut to a
 few optimizer steps, in a build folder of its own so that it never stands in for the real
 build/v2. Its accuracy is far below the real v2's; what the tests check does not depend on it."""
 

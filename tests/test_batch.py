@@ -1,4 +1,4 @@
-"""batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training,
+"""sentiment/ops/batch_predict.py: bad rows reported and marked, atomic output, format round trips, parity with training,
 and --endpoint scoring with the served version's signature and limits."""
 
 import dataclasses
@@ -10,13 +10,14 @@ import pytest
 import requests
 import torch
 
-import batch_predict
+from sentiment.ops import batch_predict
 import quick_v2
-from batch_predict import Endpoint, run, score_frame
-from local_server import LocalTorchServe
-from payload import Parsed, answer_chars, response_body
-from signature import Signature
-from train import load_dataset, predict_proba
+from sentiment.ops.batch_predict import Endpoint, run, score_frame
+from sentiment.ops.torchserve import LocalTorchServe
+from sentiment.serving.payload import Parsed, answer_chars, response_body
+from sentiment.serving.signature import Signature
+from sentiment.data import load_dataset
+from sentiment.serving.core import predict_proba
 
 GOOD = ["a gorgeous, moving film with a wonderful cast", "dull and far too long", "the best thing i have seen this year"]
 

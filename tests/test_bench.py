@@ -13,7 +13,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from local_server import ROOT
+from sentiment.ops.torchserve import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402  (bench/corpus.py)
@@ -159,7 +159,7 @@ def test_short_and_long_bodies():
 
 
 def test_the_peers_score_with_the_handlers_settings(export_dir):
-    import handler
+    from sentiment.serving import handler
 
     assert model.TORCH_THREADS == handler.TORCH_THREADS
     shipped = model.shipped_config(model.archive("1"))

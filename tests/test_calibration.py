@@ -15,23 +15,24 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-import drift
-import export
+from sentiment.serving import drift
+from sentiment.training import export
 import quick_v2
-import train
-from local_server import ROOT
-from model_def import predict_proba
-from payload import labelled
+from sentiment import data
+from sentiment.training import nbsvm
+from sentiment.ops.torchserve import ROOT
+from sentiment.serving.core import predict_proba
+from sentiment.serving.payload import labelled
 from scripts import calibration
-from signature import CALIBRATION_CLIP, SIGNATURE_FILE, Signature, load_encoder
+from sentiment.serving.signature import CALIBRATION_CLIP, SIGNATURE_FILE, Signature, load_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def parts() -> dict:
-    texts, labels, _ = train.load_dataset()
-    return {name: ([texts[i] for i in rows], [labels[i] for i in rows]) for name, rows in train.split(len(texts)).items()}
+    texts, labels, _ = data.load_dataset()
+    return {name: ([texts[i] for i in rows], [labels[i] for i in rows]) for name, rows in data.split(len(texts)).items()}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def serve(score, signature, encoder):
 
 @pytest.fixture(scope="module")
 def imdb_test() -> tuple[list[str], list[int]]:
-    return train.load_imdb("test")[:2]
+    return data.load_imdb("test")[:2]
 
 
 def within(probabilities: list[float], labels: list[int], threshold: float) -> tuple[bool, float, float]:
@@ -85,12 +86,12 @@ def test_calibration_fit_recovers_a_known_map_and_chooses_its_form_by_cross_vali
 
 def test_export_fits_the_calibration_on_the_validation_mix_of_short_and_long_reviews(export_dir, signature, encoder, parts):
     """v1 trains on rt-polarity and IMDB: its map is fitted on both validation sets (1,066 snippets and the
-    IMDB reviews train.is_imdb_validation holds out), where the traffic is."""
+    IMDB reviews data.is_imdb_validation holds out), where the traffic is."""
     model, _ = export.load_checkpoint(export_dir.parent)
     metrics = json.loads((export_dir.parent / "metrics.json").read_text())
-    texts, labels = train.held_out(metrics, "validation")
+    texts, labels = data.held_out(metrics, "validation")
     assert texts[:1066] == parts["validation"][0] and len(texts) == 1066 + metrics["imdb_validation"]["size"] > 3000
-    assert all(train.is_imdb_validation(text) for text in texts[1066:])
+    assert all(data.is_imdb_validation(text) for text in texts[1066:])
     refit = export.fit_calibration(predict_proba(model, texts, encoder).tolist(), labels, encoder.lengths(texts))
     for key in ("slope", "length_slope", "intercept"):
         assert signature.calibration[key] == pytest.approx(refit[key], rel=1e-6), key
@@ -124,7 +125,7 @@ def test_one_place_calibrates(signature):
     """payload.labelled is the only caller of Signature.calibrate among the served and scoring code; the
     handler, batch_predict, spark_predict, evaluate (which reads the server) and the drift reference go through it."""
     callers = [path.name for path in ROOT.glob("*.py") if ".calibrate(" in path.read_text()]
-    assert callers == ["payload.py"]
+    assert callers == ["sentiment/serving/payload.py"]
     probabilities, lengths = [0.0, 0.2, 0.4999, 0.5, 0.8, 1.0], [1, 5, 20, 100, 230, 4000]
     assert labelled(probabilities, signature, lengths)[0] == [round(signature.calibrate(p, n), 6) for p, n in zip(probabilities, lengths)]
 

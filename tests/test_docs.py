@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from local_server import ROOT, free_port
+from sentiment.ops.torchserve import ROOT, free_port
 from test_readme import PAGES, TEXT, blocks, without_comments
 
 PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082}
@@ -196,17 +196,17 @@ def test_the_walk_leaves_the_clone_clean_and_stopped(walk):
 def test_spark_stays_on_loopback_and_never_replaces_a_file(walk):
     """Issue 29.6: batch.md's Spark command logs no move off loopback; aimed at `make batch`'s scored.parquet it refuses."""
     clone, _, steps = walk
-    (spark,) = [s for s in ran(steps) if "spark_predict.py" in s.command]
+    (spark,) = [s for s in ran(steps) if "sentiment/ops/spark_predict.py" in s.command]
     assert "loopback" not in spark.stderr and (clone.root / "scored-spark.parquet" / "_SUCCESS").exists(), spark.stderr[-2000:]
     before = (clone.root / "scored.parquet").read_bytes()
-    refused = clone.run(".venv/bin/python spark_predict.py samples/reviews.csv scored.parquet")
+    refused = clone.run(".venv/bin/python -m sentiment.ops.spark_predict samples/reviews.csv scored.parquet")
     assert refused.returncode == 1 and "exists and is a file" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     assert (clone.root / "scored.parquet").read_bytes() == before
 
 
 def test_missing_input_is_one_line(walk):
     clone, _, _ = walk
-    for command in (".venv/bin/python batch_predict.py reviews.csv scored.csv", ".venv/bin/python spark_predict.py reviews.csv scored-x.parquet"):
+    for command in (".venv/bin/python -m sentiment.ops.batch_predict reviews.csv scored.csv", ".venv/bin/python -m sentiment.ops.spark_predict reviews.csv scored-x.parquet"):
         result = clone.run(command)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith("reviews.csv: no such file"), result.stderr
@@ -235,7 +235,7 @@ def test_make_promote_exits_as_its_page_says(walk):
     assert not re.search(r"make promote[^\n]*exit 0 promoted, 1 rolled back", page)
     result = clone.run("make -o monitor promote CANDIDATE=9")
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-2].startswith("make promote: nothing done (promote.py exit 2"), result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-2].startswith("make promote: nothing done (sentiment/ops/promote.py exit 2"), result.stderr[-2000:]
 
 
 def test_make_stop_removes_what_torchserve_unpacked(walk):

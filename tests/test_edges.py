@@ -37,11 +37,11 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 import quick_v2
 from bench.loadgen import JSON, PLAIN_TEXT, Outcome, Request
-from local_server import ROOT, LocalTorchServe
-from model_def import predict_proba
-from signature import Signature, load_encoder
-from ts_properties import max_response_bytes, read_properties
-from worst_case import costliest_texts, largest_explanation_text
+from sentiment.ops.torchserve import ROOT, LocalTorchServe
+from sentiment.serving.core import predict_proba
+from sentiment.serving.signature import Signature, load_encoder
+from sentiment.ops.properties import max_response_bytes, read_properties
+from sentiment.serving.cost import costliest_texts, largest_explanation_text
 
 MAX_RESPONSE_SIZE = int(read_properties(ROOT / "config.properties")["max_response_size"])
 VERSIONS = ("1", "2")
@@ -161,7 +161,7 @@ class SizedList:
 
 @dataclass(frozen=True)
 class Costliest:
-    """`n` of the costliest admissible texts (worst_case.py) of the version."""
+    """`n` of the costliest admissible texts (sentiment/serving/cost.py) of the version."""
     n: int
 
     def build(self, signature: Signature) -> list:

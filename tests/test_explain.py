@@ -1,4 +1,4 @@
-"""Explanations: which words made the prediction (explain.py), through the handler and a real TorchServe.
+"""Explanations: which words made the prediction (sentiment/serving/explain.py), through the handler and a real TorchServe.
 
 v1 (NBSVM) is exact: base + the words' contributions is the logit. v2 (the transformer, the quick
 test build) is Integrated Gradients: its completeness error is reported and bounded. Offsets point
@@ -21,19 +21,19 @@ import torch
 import yaml
 from ts.context import Context
 
-import batch_predict
-import explain
+from sentiment.ops import batch_predict
+from sentiment.serving import explain
 import quick_v2
-import text as text_module
-from explain import IntegratedGradientsExplainer, explainer_for, top_words
-import export
-from handler import SentimentHandler
-from local_server import LocalTorchServe
-from model_def import predict_proba
-from signature import LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
-from text import normalize, token_spans, tokenize
-from train import load_dataset, load_imdb
-import worker_message
+from sentiment.serving import text as text_module
+from sentiment.serving.explain import IntegratedGradientsExplainer, explainer_for, top_words
+from sentiment.training import export
+from sentiment.serving.handler import SentimentHandler
+from sentiment.ops.torchserve import LocalTorchServe
+from sentiment.serving.core import predict_proba
+from sentiment.serving.signature import LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
+from sentiment.serving.text import normalize, token_spans, tokenize
+from sentiment.data import load_dataset, load_imdb
+from bench import worker_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 

@@ -1,4 +1,4 @@
-"""export.py and signature.py: the exported cores match the eager model; signature.json is the full contract."""
+"""export.py and sentiment/serving/signature.py: the exported cores match the eager model; signature.json is the full contract."""
 
 import json
 import re
@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import export
-import train
-from signature import SIGNATURE_FILE, Signature, load_vocab_index
-from text import Features, build_vocab
+from sentiment.training import export
+from sentiment import data
+from sentiment.training import nbsvm
+from sentiment.serving.signature import SIGNATURE_FILE, Signature, load_vocab_index
+from sentiment.serving.text import Features, build_vocab
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = ROOT / "build" / "v1"
-DATA_README = train.DATA_DIR / "README.md"
+DATA_README = data.DATA_DIR / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +28,19 @@ def eager(export_dir):
 
 
 def onnx_predict_proba(export_dir, signature, texts, encoder):
-    return train.predict_proba(export.OnnxCore(export_dir / signature.onnx_file, signature), texts, encoder)
+    return nbsvm.predict_proba(export.OnnxCore(export_dir / signature.onnx_file, signature), texts, encoder)
 
 
 @pytest.fixture(scope="module")
 def test_split():
-    texts, labels, _ = train.load_dataset()
-    idx = train.split(len(texts))["test"]
+    texts, labels, _ = data.load_dataset()
+    idx = data.split(len(texts))["test"]
     return [texts[i] for i in idx], [labels[i] for i in idx]
 
 
 @pytest.fixture(scope="module")
 def eager_probs(eager, test_split, encoder):
-    return train.predict_proba(eager[0], test_split[0], encoder)
+    return nbsvm.predict_proba(eager[0], test_split[0], encoder)
 
 
 # --- vocabulary -----------------------------------------------------------------------------------
@@ -49,13 +50,13 @@ def test_export_vocab_is_the_checkpoint_vocab(export_dir, signature):
 
 
 def test_vocab_is_rebuilt_from_the_training_texts_by_text_py(signature, vocab_index):
-    """The shipped vocabulary is what today's text.py makes of the training rows (rt-polarity's training
+    """The shipped vocabulary is what today's sentiment/serving/text.py makes of the training rows (rt-polarity's training
     split, and IMDB train's rows when v1 was trained on it: issue 25) under signature.features, capped at
-    train.MAX_VOCAB."""
-    texts, labels, _ = train.load_dataset()
-    imdb = train.load_imdb("train")[:2] if "imdb_md5" in signature.metrics else None
-    train_texts = train.subsets(texts, labels, imdb=imdb)["train"][0]
-    assert build_vocab(train_texts, signature.features, train.MIN_COUNT, train.MAX_VOCAB) == list(vocab_index)
+    nbsvm.MAX_VOCAB."""
+    texts, labels, _ = data.load_dataset()
+    imdb = data.load_imdb("train")[:2] if "imdb_md5" in signature.metrics else None
+    train_texts = data.subsets(texts, labels, imdb=imdb)["train"][0]
+    assert build_vocab(train_texts, signature.features, nbsvm.MIN_COUNT, nbsvm.MAX_VOCAB) == list(vocab_index)
     chars = [g for g in vocab_index if g.startswith("c:")]
     assert chars and len(chars) < len(vocab_index)  # word and character grams both
     assert {"wonderful", "c: wond", "c:ful "} <= set(vocab_index)
@@ -66,7 +67,7 @@ def test_vocab_is_rebuilt_from_the_training_texts_by_text_py(signature, vocab_in
 def test_torchscript_matches_eager_on_test_split(export_dir, signature, encoder, test_split, eager_probs):
     scripted = torch.jit.load(str(export_dir / signature.model_file))
     assert not scripted.training  # exported in eval mode
-    probs = train.predict_proba(scripted, test_split[0], encoder)
+    probs = nbsvm.predict_proba(scripted, test_split[0], encoder)
     assert probs.shape == eager_probs.shape == (len(test_split[0]),)
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE[signature.architecture]
 
@@ -81,7 +82,7 @@ def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, encode
     texts = ["", "a fine film", "zorblax", "\u6771\u4eac", "dull"]  # the first and fourth are empty bags
     assert encoder.batch(texts)[1][3] == encoder.batch(texts)[1][4]
     onnx = onnx_predict_proba(export_dir, signature, texts, encoder)
-    assert (onnx - train.predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
+    assert (onnx - nbsvm.predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
     single = onnx_predict_proba(export_dir, signature, ["dull"], encoder)
     assert single.shape == (1,) and single.item() == pytest.approx(onnx[4].item(), abs=1e-6)
 
@@ -105,8 +106,8 @@ def test_torchscript_core_carries_no_training_state(export_dir, signature, eager
 
 
 def test_recorded_test_metrics_are_reproducible(signature, eager, test_split, encoder):
-    """signature.json's held-out accuracy is what the shipped vocabulary + text.py + checkpoint score today."""
-    metrics = train.evaluate(eager[0], *test_split, encoder, threshold=signature.threshold)
+    """signature.json's held-out accuracy is what the shipped vocabulary + sentiment/serving/text.py + checkpoint score today."""
+    metrics = nbsvm.evaluate(eager[0], *test_split, encoder, threshold=signature.threshold)
     assert metrics == signature.metrics["test"]
 
 
@@ -130,7 +131,7 @@ def test_signature_names_everything_the_handler_needs(export_dir, signature, eag
     assert signature.labels == ("negative", "positive")
     assert 0 < signature.threshold < 1
     assert isinstance(signature.features, Features)
-    assert signature.features == eager[1] == train.FEATURES  # the checkpoint's features, the ones training used
+    assert signature.features == eager[1] == nbsvm.FEATURES  # the checkpoint's features, the ones training used
     assert raw["features"] == {"word_ngram": 2, "char_low": 2, "char_high": 5}
     assert isinstance(signature.max_chars, int) and signature.max_chars > 0
     assert isinstance(signature.max_texts, int) and signature.max_texts > 0
@@ -143,7 +144,7 @@ def test_signature_names_everything_the_handler_needs(export_dir, signature, eag
 
 
 def test_signature_data_md5_matches_the_data_and_its_readme(signature):
-    _, _, md5 = train.load_dataset()
+    _, _, md5 = data.load_dataset()
     assert signature.data_md5 == md5
     readme = DATA_README.read_text()
     for name, digest in md5.items():
@@ -155,7 +156,7 @@ def test_signature_metrics_clear_the_accuracy_bar(signature, test_split):
     assert test["accuracy"] >= 0.78
     assert test["roc_auc"] >= 0.85
     assert test["size"] == len(test_split[1])
-    assert signature.metrics["split_seed"] == train.SPLIT_SEED
+    assert signature.metrics["split_seed"] == data.SPLIT_SEED
 
 
 def test_signature_label_applies_the_threshold(signature):

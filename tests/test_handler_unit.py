@@ -13,10 +13,10 @@ from ts.service import Service
 from ts.utils.util import list_classes_from_module
 
 import handler as handler_module
-from handler import SentimentHandler
-from model_def import to_tensors
-from signature import MAX_CHARS
-from worker_message import MessageSocket, handle, load_handler, predict_message
+from sentiment.serving.handler import SentimentHandler
+from sentiment.serving.core import to_tensors
+from sentiment.serving.signature import MAX_CHARS
+from bench.worker_message import MessageSocket, handle, load_handler, predict_message
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -96,13 +96,12 @@ def test_manifest_names_the_torchscript_core_and_handler(manifest, model_dir, si
     assert manifest["model"]["serializedFile"] == signature.model_file
     assert manifest["model"]["handler"] == "handler.py"
     assert manifest["model"]["modelVersion"] == signature.version
-    for name in ("handler.py", "payload.py", "text.py", "model_def.py", "signature.py", "prediction_metrics.py",
-                 "signature.json", "vocab.json", signature.model_file):
+    for name in ("handler.py", "sentiment/serving/handler.py", "signature.json", "vocab.json", signature.model_file):
         assert (model_dir / name).is_file(), name
 
 
 def test_archive_ships_the_current_sources_and_artifact(model_dir, export_dir, signature):
-    for name in ("handler.py", "payload.py", "text.py", "model_def.py", "signature.py", "prediction_metrics.py"):
+    for name in ["handler.py", *(str(p.relative_to(ROOT)) for p in (ROOT / "sentiment" / "serving").glob("*.py"))]:
         assert (model_dir / name).read_bytes() == (ROOT / name).read_bytes(), f"{name} in the .mar is stale"
     for name in ("signature.json", signature.vocab_file, signature.model_file):
         assert (model_dir / name).read_bytes() == (export_dir / name).read_bytes(), name
@@ -110,7 +109,8 @@ def test_archive_ships_the_current_sources_and_artifact(model_dir, export_dir, s
 
 def test_handler_module_defines_exactly_one_class():
     """TorchServe's loader refuses a handler module with more than one class of its own."""
-    assert list_classes_from_module(handler_module) == [SentimentHandler]
+    assert list_classes_from_module(handler_module) == [handler_module.SentimentHandler]
+    assert issubclass(handler_module.SentimentHandler, SentimentHandler)
 
 
 def test_initialize_loads_core_signature_and_vocabulary(handler, signature, vocab_index):

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from local_server import ROOT, LocalTorchServe, server_processes
-from signature import MAX_CHARS
+from sentiment.ops.torchserve import ROOT, LocalTorchServe, server_processes
+from sentiment.serving.signature import MAX_CHARS
 
 MODEL_STORE = ROOT / "model_store"
 

@@ -1,4 +1,4 @@
-"""KServe: the InferenceService manifest, the storage layout it points at (deploy/kserve/build_layout.py),
+"""KServe: the InferenceService manifest, the storage layout it points at (sentiment/ops/kserve_layout.py),
 and the Open Inference Protocol v2 round trip on a real TorchServe, including the layout's own config."""
 
 import ipaddress
@@ -16,8 +16,8 @@ import pytest
 import requests
 import yaml
 
-from local_server import ROOT, LocalTorchServe, TorchServeAdmin, free_port
-from ts_properties import read_properties
+from sentiment.ops.torchserve import ROOT, LocalTorchServe, TorchServeAdmin, free_port
+from sentiment.ops.properties import read_properties
 
 MANIFEST = ROOT / "deploy" / "kserve" / "inference-service.yaml"
 MAR = ROOT / "model_store" / "sentiment.mar"

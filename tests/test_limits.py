@@ -19,11 +19,11 @@ import yaml
 
 import quick_v2
 from bench.loadgen import JSON, Outcome, Request, client_session, send
-from local_server import ROOT, LocalTorchServe
-from payload import BadRequest, answer_chars, parse_request
-from signature import LIMITS, NBSVM, TRANSFORMER, Signature
-from ts_properties import MAX_EXPLANATION_BYTES_PER_CHAR, MAX_EXPLANATION_BYTES_PER_WORD, max_response_bytes, read_properties
-from worst_case import Cost, costliest_text, costliest_texts
+from sentiment.ops.torchserve import ROOT, LocalTorchServe
+from sentiment.serving.payload import BadRequest, answer_chars, parse_request
+from sentiment.serving.signature import LIMITS, NBSVM, TRANSFORMER, Signature
+from sentiment.ops.properties import MAX_EXPLANATION_BYTES_PER_CHAR, MAX_EXPLANATION_BYTES_PER_WORD, max_response_bytes, read_properties
+from sentiment.serving.cost import Cost, costliest_text, costliest_texts
 
 PROPERTIES = read_properties(ROOT / "config.properties")
 MAX_RESPONSE_SIZE = int(PROPERTIES["max_response_size"])
@@ -130,8 +130,8 @@ def test_a_number_python_cannot_convert_is_invalid_json(v1):
 def test_any_failure_to_read_a_request_is_its_own_400(monkeypatch, tmp_path, v1_store):
     """Whatever raises while one request is read (here a stand-in for any bug in the parser) is answered
     400 invalid_request for it alone; at e609862 preprocess raised and TorchServe answered the whole batch 503."""
-    import handler as handler_module
-    from worker_message import handle, load_handler
+    from sentiment.serving import handler as handler_module
+    from bench.worker_message import handle, load_handler
 
     with zipfile.ZipFile(v1_store / "sentiment.mar") as archive:
         archive.extractall(tmp_path)
@@ -272,8 +272,8 @@ def test_every_limit_comes_from_the_signature(v1):
     """Text counts per version live in signature.LIMITS, written into signature.json by export (no
     export.TRANSFORMER_MAX_TEXTS or explain.MAX_TEXTS); config.properties' response size is the bound the
     signature implies; docs/api.md's table shows the same numbers."""
-    import explain
-    import export
+    from sentiment.serving import explain
+    from sentiment.training import export
 
     signature, _ = v1
     assert not hasattr(export, "TRANSFORMER_MAX_TEXTS") and not hasattr(explain, "MAX_TEXTS")

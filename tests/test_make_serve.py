@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 import quick_v2
-from local_server import ROOT, free_port
-from signature import Signature
+from sentiment.ops.torchserve import ROOT, free_port
+from sentiment.serving.signature import Signature
 from test_readme import EXPLANATION_EXAMPLE, PREDICTION_EXAMPLE, README, Curl, blocks, check_prediction, without_comments
 
 # Every curl of README.md: its ```bash blocks and the explanation's ```sh block.

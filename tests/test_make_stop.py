@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from local_server import FRONTEND, ROOT
+from sentiment.ops.torchserve import FRONTEND, ROOT
 
 STOP_WAIT = 1  # s, instead of the recipe's 20
 

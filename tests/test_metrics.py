@@ -1,5 +1,5 @@
 """Continued evaluation: the handler's Prometheus metrics count exactly what was served, and
-evaluate.py scores the served model exactly as the exported core scores through payload.labelled."""
+sentiment/ops/evaluate.py scores the served model exactly as the exported core scores through payload.labelled."""
 
 import dataclasses
 import json
@@ -12,11 +12,12 @@ import requests
 import torch
 from sklearn.metrics import roc_auc_score
 
-import drift
-import evaluate
-import train
-from local_server import ROOT
-from payload import labelled
+from sentiment.serving import drift
+from sentiment import data
+from sentiment.ops import evaluate
+from sentiment.training import nbsvm
+from sentiment.ops.torchserve import ROOT
+from sentiment.serving.payload import labelled
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -109,26 +110,26 @@ def test_metrics_excerpt_is_prometheus_text(server, signature, scrape, await_met
         assert served_bounds <= set(bounds), (family, served_bounds)  # the reference's bins, none above 1 for a probability
 
 
-# --- evaluate.py ----------------------------------------------------------------------------------
+# --- sentiment/ops/evaluate.py ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def test_split():
-    return evaluate.held_out_test_split()
+    return data.held_out_test_split()
 
 
 def test_evaluate_scores_the_served_model_as_the_exported_core_scores(server, export_dir, signature, encoder,
                                                                              test_split, tmp_path):
     out = tmp_path / "served.json"
-    run = subprocess.run([sys.executable, "evaluate.py", "--url", server.inference, "--out", str(out)],
+    run = subprocess.run([sys.executable, "sentiment/ops/evaluate.py", "--url", server.inference, "--out", str(out)],
                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     printed = json.loads(run.stdout)
     assert json.loads(out.read_text()) == printed
 
     texts, labels = test_split
     exported = torch.jit.load(str(export_dir / signature.model_file))
-    expected = train.evaluate(exported, texts, labels, encoder, signature.threshold)  # the core's own sigmoid, uncalibrated
+    expected = nbsvm.evaluate(exported, texts, labels, encoder, signature.threshold)  # the core's own sigmoid, uncalibrated
     assert printed["size"] == expected["size"] == len(texts)
-    probabilities, predicted = labelled(train.predict_proba(exported, texts, encoder).tolist(), signature, encoder.lengths(texts))  # as served
+    probabilities, predicted = labelled(nbsvm.predict_proba(exported, texts, encoder).tolist(), signature, encoder.lengths(texts))  # as served
     assert printed["correct"] == sum((label == signature.labels[1]) == bool(y) for label, y in zip(predicted, labels))
     assert printed["accuracy"] == round(printed["correct"] / len(texts), 4)
     # the AUC of the calibrated probabilities (the map reads each text's length, so it reorders texts of different lengths)
@@ -142,7 +143,7 @@ def test_evaluate_on_a_labelled_file(server, signature, tmp_path):
     csv_file.write_text("label,text\n" + "".join(f'{label},"{text}"\n' for text, label in rows))
     jsonl_file = tmp_path / "reviews.jsonl"
     jsonl_file.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
-    assert (evaluate.load_labelled(csv_file, signature.labels) == evaluate.load_labelled(jsonl_file, signature.labels)
+    assert (data.load_labelled(csv_file, signature.labels) == data.load_labelled(jsonl_file, signature.labels)
             == ([t for t, _ in rows], [1, 0, 1, 0]))
 
     result = evaluate.main(["--data", str(jsonl_file), "--url", server.inference, "--version", signature.version, "--chunk", "3"])
@@ -154,11 +155,11 @@ def test_evaluate_rejects_unusable_files_and_answers(server, signature, tmp_path
     bad_label = tmp_path / "bad.jsonl"
     bad_label.write_text(json.dumps({"text": "fine", "label": "maybe"}) + "\n")
     with pytest.raises(ValueError, match="row 1"):
-        evaluate.load_labelled(bad_label, signature.labels)
+        data.load_labelled(bad_label, signature.labels)
     no_text = tmp_path / "no_text.csv"
     no_text.write_text("review,label\ngreat,1\n")
     with pytest.raises(ValueError, match="'text'"):
-        evaluate.load_labelled(no_text, signature.labels)
+        data.load_labelled(no_text, signature.labels)
     with pytest.raises(RuntimeError, match="404"):
         evaluate.evaluate_served(["fine"], [1], signature, server.inference, version="99")
 
@@ -168,6 +169,6 @@ def test_evaluate_takes_labels_and_limits_from_the_served_models_signature(serve
     other = dataclasses.replace(signature, version="7")
     with pytest.raises(RuntimeError, match=r"version\(s\) \['1'\], but the signature is version 7"):
         evaluate.evaluate_served(["fine"], [1], other, server.inference)
-    assert [evaluate.parse_label(name, ("bad", "good")) for name in ("good", "bad", "1")] == [1, 0, 1]
+    assert [data.parse_label(name, ("bad", "good")) for name in ("good", "bad", "1")] == [1, 0, 1]
     texts = [POSITIVE[0]] * (signature.max_texts + 1)  # one request of them all would be refused (too_many_texts)
     assert evaluate.evaluate_served(texts, [1] * len(texts), signature, server.inference, chunk=1000)["size"] == len(texts)

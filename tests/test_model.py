@@ -6,8 +6,10 @@ import pytest
 import torch
 from scipy import sparse
 
-import train
-from model_def import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
+from sentiment import data
+
+from sentiment.training import nbsvm
+from sentiment.serving.core import ModelConfig, SentimentClassifier, naive_bayes_scale, to_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -38,7 +40,7 @@ def scripted(export_dir, signature):
 
 @pytest.fixture(scope="module")
 def eager(export_dir) -> SentimentClassifier:
-    """The trained model as train.py saved it (build/v1/checkpoint.pt), in eager mode: what model.pt was exported from."""
+    """The trained model as sentiment/training/nbsvm.py saved it (build/v1/checkpoint.pt), in eager mode: what model.pt was exported from."""
     checkpoint = torch.load(export_dir.parent / "checkpoint.pt", weights_only=True)
     model = SentimentClassifier(ModelConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["state_dict"])
@@ -48,8 +50,8 @@ def eager(export_dir) -> SentimentClassifier:
 @pytest.fixture(scope="module")
 def held_out():
     """The held-out test split's texts and labels (real reviews the model never trained on)."""
-    texts, labels, _ = train.load_dataset()
-    test = train.split(len(texts))["test"]
+    texts, labels, _ = data.load_dataset()
+    test = data.split(len(texts))["test"]
     return [texts[i] for i in test], [labels[i] for i in test]
 
 
@@ -113,7 +115,7 @@ def test_exported_core_all_empty_batch_scores_the_bias(scripted):
 
 
 def counts(bags: list[list[int]], vocab_size: int) -> sparse.csr_matrix:
-    """Bags of feature ids as train.bag_matrix gives them: texts x features, each feature's count."""
+    """Bags of feature ids as nbsvm.bag_matrix gives them: texts x features, each feature's count."""
     rows = [i for i, bag in enumerate(bags) for _ in bag]
     return sparse.csr_matrix(([1.0] * len(rows), (rows, [f for bag in bags for f in bag])), shape=(len(bags), vocab_size))
 

@@ -1,6 +1,6 @@
 """Continued evaluation watched by a real Prometheus (Debian's `prometheus` package, installed by
 `make test`): the reference distribution in the signature, the statistics, the rules and their
-promtool unit tests, drift_report.py, and a demonstration on a private TorchServe and a private
+promtool unit tests, sentiment/ops/drift_report.py, and a demonstration on a private TorchServe and a private
 Prometheus (free ports, their own temp dirs, 1 s scrapes and rule evaluations, a 10 s window):
 in-distribution traffic raises no alert, only-negative reviews, long reviews and snippets without
 their sentiment words (a drop of the estimated accuracy) do; and the estimated-accuracy rule is the
@@ -24,12 +24,13 @@ import pytest
 import requests
 import yaml
 
-import drift
-import drift_report
+from sentiment.serving import drift
+from sentiment.ops import drift_report, prometheus
 import quick_v2
-import train
+from sentiment import data
+from sentiment.training import nbsvm
 from scripts import calibration
-from local_server import ROOT, LocalTorchServe, free_port
+from sentiment.ops.torchserve import ROOT, LocalTorchServe, free_port
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 DEMO_WINDOW, DEMO_FOR = "10s", "2s"
@@ -285,7 +286,7 @@ class Prometheus:
             self.log.close()
 
     def query(self, expr: str) -> list[dict]:
-        return drift_report.query(self.url, expr)
+        return prometheus.query(self.url, expr)
 
     def alerts(self) -> list[dict]:
         return requests.get(self.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
@@ -362,8 +363,8 @@ def wait_for(prometheus: Prometheus, wanted: list[tuple[str, str]], since: float
 
 @pytest.fixture(scope="module")
 def pools():
-    texts, labels, _ = train.load_dataset()
-    validation = train.split(len(texts))["validation"]  # in-distribution, but not the test split the reference is
+    texts, labels, _ = data.load_dataset()
+    validation = data.split(len(texts))["validation"]  # in-distribution, but not the test split the reference is
     negative = [texts[i] for i in validation if labels[i] == 0]
     positive = [texts[i] for i in validation if labels[i] == 1]
     # positives and negatives in turn, so that any window of the traffic is balanced like the reference's test
@@ -375,7 +376,7 @@ def pools():
         if len(current) >= 1000:
             long_reviews.append(current.strip())
             current = ""
-    train_rows = train.split(len(texts))["train"]
+    train_rows = data.split(len(texts))["train"]
     words = calibration.sentiment_words([texts[i] for i in train_rows], [labels[i] for i in train_rows])
     masked = [m for m in (calibration.masked(text, words) for text in in_distribution) if m.strip()]  # a model less sure of them
     return {"in_distribution": in_distribution, "negative": negative, "long": long_reviews, "masked": masked}
@@ -507,8 +508,8 @@ def test_estimated_accuracy_rule_is_the_mean_confidence_of_what_was_served(expor
     each series to its own zero (which would skew the ratio), well before the window."""
     rules, window = tmp_path / "rules", f"{ESTIMATE_WINDOW}s"
     generate_rules(export_dir, rules, window)
-    texts, labels, _ = train.load_dataset()
-    test = train.split(len(texts))["test"]
+    texts, labels, _ = data.load_dataset()
+    test = data.split(len(texts))["test"]
     version = signature.version
     with LocalTorchServe(MODEL_STORE) as ts:
         prometheus = Prometheus(fast_config(ts, rules), tmp_path).start()

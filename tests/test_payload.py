@@ -1,12 +1,12 @@
-"""payload.py: every request body shape TorchServe can hand the handler, and the 400s clients get back."""
+"""sentiment/serving/payload.py: every request body shape TorchServe can hand the handler, and the 400s clients get back."""
 
 import json
 
 import pytest
 
-from payload import BadRequest, Parsed, RequestError, parse_request, response_body
-from signature import Signature
-from text import Features
+from sentiment.serving.payload import BadRequest, Parsed, RequestError, parse_request, response_body
+from sentiment.serving.signature import Signature
+from sentiment.serving.text import Features
 
 JSON = "application/json"
 PLAIN = "text/plain"
@@ -83,7 +83,7 @@ def test_plain_content_type_parameters_and_case_are_ignored(sig, content_type):
 
 
 def test_text_is_passed_through_unchanged(sig):
-    text = "  <b>Caf\u00e9</b>\u2019s  "  # normalisation is text.py's job, not the parser's
+    text = "  <b>Caf\u00e9</b>\u2019s  "  # normalisation is sentiment/serving/text.py's job, not the parser's
     assert parse_request({"text": text}, JSON, sig).texts == [text]
 
 

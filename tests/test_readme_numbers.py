@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-import drift
-from local_server import ROOT
+from sentiment.serving import drift
+from sentiment.ops.torchserve import ROOT
 
 PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
 TEXT = {page: re.sub(r"<!--.*?-->", "", (ROOT / page).read_text(), flags=re.S) for page in PAGES}
@@ -213,7 +213,7 @@ def test_monitoring_drift_thresholds_are_drift_py():
 
 def test_monitoring_estimated_accuracy_numbers_are_drift_py_and_the_signature(signature):
     """The reference monitoring.md states is v1's signature as export builds it (not a results file), and
-    the estimated accuracy's margin is drift.py's for that reference."""
+    the estimated accuracy's margin is sentiment/serving/drift.py's for that reference."""
     text = " ".join(TEXT["docs/monitoring.md"].split())
     reference = signature.reference
     assert (f"{reference['n']:,} reviews, {reference['positive_rate'] * 100:.1f} % predicted positive, estimated accuracy "

@@ -25,13 +25,13 @@ import yaml
 
 from bench.archive import extract
 from bench.loadgen import JSON, PLAIN_TEXT, Request, send_all
-from local_server import ROOT, LocalTorchServe, server_processes
+from sentiment.ops.torchserve import ROOT, LocalTorchServe, server_processes
 from scripts.soak import BackgroundLoad, load_reviews, predict_path, review_requests, rss_growth_ok, soak
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_handler import RAISE_MARKER, SLEEP_MARKER  # noqa: E402
-from signature import MAX_CHARS  # noqa: E402
-from ts_properties import max_request_bytes, read_properties  # noqa: E402
+from sentiment.serving.signature import MAX_CHARS  # noqa: E402
+from sentiment.ops.properties import max_request_bytes, read_properties  # noqa: E402
 
 MODEL_STORE = ROOT / "model_store"
 FAULT_MODEL = "fault"

@@ -5,7 +5,7 @@ inference call without the inference key, which README's curls do not send."""
 import requests
 
 from conftest import MODEL_STORE
-from local_server import LocalTorchServe, bearer
+from sentiment.ops.torchserve import LocalTorchServe, bearer
 
 PREDICT = "/predictions/sentiment"
 

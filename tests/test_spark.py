@@ -1,4 +1,4 @@
-"""spark_predict.py: Spark local mode scores a file exactly as the batch CLI does."""
+"""sentiment/ops/spark_predict.py: Spark local mode scores a file exactly as the batch CLI does."""
 
 import ast
 import csv
@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("pyspark")
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
-import batch_predict  # noqa: E402
-import spark_predict  # noqa: E402
-from signature import MAX_CHARS  # noqa: E402
-from train import load_dataset  # noqa: E402
+from sentiment.ops import batch_predict  # noqa: E402
+from sentiment.ops import spark_predict  # noqa: E402
+from sentiment.serving.signature import MAX_CHARS  # noqa: E402
+from sentiment.data import load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = "(dict(os.environ), [repr(f) for f in warnings.filters])"
@@ -27,7 +27,7 @@ def test_importing_spark_predict_changes_nothing_process_wide():
     and the warnings filters as they were; only starting Spark (local_session) may change them. Run
     in a fresh interpreter, after importing what spark_predict imports (torch, numpy and pyspark add
     warnings filters of their own), so what is compared is spark_predict's own code."""
-    source = (ROOT / "spark_predict.py").read_text()
+    source = (ROOT / "sentiment/ops/spark_predict.py").read_text()
     imports = [ast.get_source_segment(source, node) for node in ast.parse(source).body
                if isinstance(node, (ast.Import, ast.ImportFrom))]
     script = "\n".join([
@@ -35,7 +35,7 @@ def test_importing_spark_predict_changes_nothing_process_wide():
         f"sys.path.insert(0, {str(ROOT)!r})",
         *imports,
         f"before = {SNAPSHOT}",
-        "import spark_predict",
+        "import sentiment.ops.spark_predict",
         f"after = {SNAPSHOT}",
         "changed = {k for k in before[0].keys() | after[0].keys() if before[0].get(k) != after[0].get(k)}",
         "added = [f for f in after[1] if f not in before[1]]",

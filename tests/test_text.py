@@ -1,4 +1,4 @@
-"""text.py: the one normalisation shared by training and serving (pure functions, no artifact needed)."""
+"""sentiment/serving/text.py: the one normalisation shared by training and serving (pure functions, no artifact needed)."""
 
 import dataclasses
 import re
@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import train
-from text import Encoder, Features, build_vocab, char_ngrams, ngrams, normalize, normalized_length_bound, tokenize
+from sentiment import data
+
+from sentiment.training import nbsvm
+from sentiment.serving.text import Encoder, Features, build_vocab, char_ngrams, ngrams, normalize, normalized_length_bound, tokenize
 
 FEATURES = Features()  # word 1..2-grams + character 2..5-grams, as trained
 
@@ -85,7 +87,7 @@ def test_raw_client_text_tokenises_like_the_pretokenised_dataset(raw, pretokenis
 
 def test_every_dataset_snippet_tokenises_the_same_when_written_as_raw_client_text():
     """Undo the data set's tokenisation (punctuation glued back, upper case, curly apostrophes): same tokens."""
-    texts, _, _ = train.load_dataset()
+    texts, _, _ = data.load_dataset()
     checked = 0
     for line in texts:
         if "&#" in line:  # a couple of snippets carry broken entities ("can&#8217 ; t"): not client-like
@@ -160,7 +162,7 @@ def test_features_are_word_ngrams_then_char_ngrams_of_the_tokens():
 
 def test_features_defaults_are_the_trained_ones_and_frozen():
     assert FEATURES == Features(word_ngram=2, char_low=2, char_high=5)
-    assert train.FEATURES == FEATURES
+    assert nbsvm.FEATURES == FEATURES
     assert dataclasses.asdict(FEATURES) == {"word_ngram": 2, "char_low": 2, "char_high": 5}
     with pytest.raises(dataclasses.FrozenInstanceError):
         FEATURES.word_ngram = 3
@@ -227,7 +229,7 @@ def test_build_vocab_max_size_keeps_the_most_frequent():
 def test_build_vocab_counts_what_features_of_each_text_gives():
     """Character n-grams are counted per distinct word (times its count), for speed: the vocabulary is the
     one counting every feature of every text gives, on real snippets and markup-laden long reviews."""
-    texts = train.load_dataset()[0][:400] + train.load_imdb("test")[0][:40]
+    texts = data.load_dataset()[0][:400] + data.load_imdb("test")[0][:40]
     counts = Counter(g for t in texts for g in FEATURES(t))
     expected = sorted((g for g, c in counts.items() if c >= 2), key=lambda g: (-counts[g], g))
     assert build_vocab(texts, FEATURES, min_count=2) == expected
@@ -294,14 +296,14 @@ def test_batch_is_concatenation_of_encode():
 def test_encoder_ids_are_the_known_features_in_order_on_real_reviews(vocab_index, signature):
     """The per-word cache changes nothing: ids == the vocabulary's ids of features(text), in order,
     on a cold and on a warm cache, for rt-polarity snippets and for accented, HTML-laden text."""
-    texts = train.load_dataset()[0][:2000] + ["Am\u00e9lie: a <b>CHARMANT</b> film\u2026 it\u2019s na\u00efve &amp; sweet!"]
+    texts = data.load_dataset()[0][:2000] + ["Am\u00e9lie: a <b>CHARMANT</b> film\u2026 it\u2019s na\u00efve &amp; sweet!"]
     encoder = Encoder(vocab_index, signature.features)
     expected = [[vocab_index[g] for g in signature.features(t) if g in vocab_index] for t in texts]
     assert [encoder(t) for t in texts] == expected
     assert [encoder(t) for t in texts] == expected  # cached this time
 
 
-# --- regressions: once known defects, fixed in text.py ---------------------------------------------
+# --- regressions: once known defects, fixed in sentiment/serving/text.py ---------------------------------------------
 
 def test_acute_accent_used_as_apostrophe_is_an_apostrophe():
     # translated before NFKD, which would otherwise split U+00B4 into a space and a combining accent

@@ -8,13 +8,13 @@ import requests
 import torch
 from tokenizers import Tokenizer
 
-import pretrained
+from sentiment.training import pretrained
 import quick_v2
-from export import OnnxCore, held_out_texts, load_checkpoint
-from local_server import LocalTorchServe
-from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
-from signature import MAX_CHARS, TRANSFORMER, Signature, load_encoder
-from text import WordPieceEncoder
+from sentiment.training.export import OnnxCore, held_out_texts, load_checkpoint
+from sentiment.ops.torchserve import LocalTorchServe
+from sentiment.serving.core import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
+from sentiment.serving.signature import MAX_CHARS, TRANSFORMER, Signature, load_encoder
+from sentiment.serving.text import WordPieceEncoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import quick_v2
-from local_server import LocalTorchServe
+from sentiment.ops.torchserve import LocalTorchServe
 
 V2_MAR = "sentiment_v2.mar"
 REVIEW = {"text": "A gorgeous, moving film with a wonderful cast."}

@@ -1,14 +1,14 @@
 """Fine-tune v2, the transformer, on rt-polarity and IMDB and write a checkpoint, its tokenizer and its metrics.
 
-    python train_transformer.py --out build/v2            # `make train VERSION=2`: under 60 min on 2 CPU cores (bench/results/models.json)
-    python train_transformer.py --out /tmp/v2 --max-steps 40 --eval-size 200 --imdb-size 100   # a quick build for tests
+    python -m sentiment.training.transformer --out build/v2            # `make train VERSION=2`: under 60 min on 2 CPU cores (bench/results/models.json)
+    python -m sentiment.training.transformer --out /tmp/v2 --max-steps 40 --eval-size 200 --imdb-size 100   # a quick build for tests
 
 Same data, same split (train.subsets: fixed SPLIT_SEED, IMDB validation and fresh labels held out by a
 hash of the text) and same test sets as v1, so the numbers compare. What fits in an hour on 2 cores
 (~1,800 training tokens a second at 256 tokens): every rt-polarity training snippet SNIPPET_EPOCHS times
 (~30 tokens each, cheap) and IMDB_SIZE long training reviews once (256 tokens each, head + tail: ~80 %
 of the time), in one shuffled stream under one learning-rate schedule. Starts from all-MiniLM-L6-v2
-(pretrained.py fetches and verifies it), adds mean pooling and a linear head
+(sentiment/training/pretrained.py fetches and verifies it), adds mean pooling and a linear head
 (model_def.TransformerClassifier), and fine-tunes everything with AdamW, a linear warm-up and decay.
 Validation accuracy is measured a few times an epoch; the best state is kept.
 """
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-import pretrained
-from model_def import TransformerClassifier, TransformerConfig, load_pretrained_encoder
-from signature import TOKENIZER_FILE
-from text import WordPieceEncoder
-from train import DATA_DIR, IMDB_DIR, SPLIT_SEED, Fresh, evaluate, fresh_metrics, load_dataset, load_imdb, subsets
+from sentiment.training import pretrained
+from sentiment.serving.core import TransformerClassifier, TransformerConfig, load_pretrained_encoder
+from sentiment.serving.signature import TOKENIZER_FILE
+from sentiment.serving.text import WordPieceEncoder
+from sentiment.data import DATA_DIR, IMDB_DIR, SPLIT_SEED, Fresh, load_dataset, load_imdb, subsets
+from sentiment.training.nbsvm import evaluate, fresh_metrics
 
 MAX_LENGTH = 256  # tokens per text when served, [CLS] and [SEP] included; every rt-polarity snippet fits
 HEAD_TOKENS = 64  # of a longer review, the first 64 tokens and the last 190 (see text.WordPieceEncoder)

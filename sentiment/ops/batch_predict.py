@@ -1,9 +1,9 @@
 """Score a file of reviews with the exported serving function: same core, same encoding, same checks.
 
-    python batch_predict.py reviews.csv scored.parquet                  # --column text, --artifact build/v1/export
-    python batch_predict.py reviews.jsonl scored.jsonl --column review
-    python batch_predict.py reviews.csv scored.csv --endpoint http://127.0.0.1:8080/predictions/sentiment
-    python batch_predict.py reviews.csv explained.jsonl --explain 5      # + the 5 words that pushed most each way
+    python -m sentiment.ops.batch_predict reviews.csv scored.parquet                  # --column text, --artifact build/v1/export
+    python -m sentiment.ops.batch_predict reviews.jsonl scored.jsonl --column review
+    python -m sentiment.ops.batch_predict reviews.csv scored.csv --endpoint http://127.0.0.1:8080/predictions/sentiment
+    python -m sentiment.ops.batch_predict reviews.csv explained.jsonl --explain 5      # + the 5 words that pushed most each way
 
 Input: .csv (with a header), .jsonl/.ndjson (one JSON object a line) or .parquet. Output, chosen by
 its extension (.csv, .jsonl, .parquet): every input row in input order, plus `probability`, `label`
@@ -13,11 +13,11 @@ empty probability and label, and says why, with its line number, in `error` and 
 dropped. A lone surrogate (JSON's "\\ud800") is written as its backslash escape (UNENCODABLE below).
 The output is written to a temporary file in the same folder and renamed into place at the end, so
 OUT is either the complete result or what it was before. The whole file is held in memory: files
-that don't fit go to spark_predict.py, which runs `score_frame` below on each Arrow batch.
+that don't fit go to sentiment/ops/spark_predict.py, which runs `score_frame` below on each Arrow batch.
 
 `--explain K` adds `positive_words` and `negative_words`: the K words (occurrences summed) with the
 largest contributions towards each label, as lists of {"word", "contribution"} (JSON text in a CSV),
-from the explanations the endpoint serves (explain.py; with --endpoint, its /explanations/ twin).
+from the explanations the endpoint serves (sentiment/serving/explain.py; with --endpoint, its /explanations/ twin).
 v1 explains ~1,000 rows a second; v2 (Integrated Gradients) takes 0.1-4 s a row.
 
 `--endpoint` asks the server which version it serves (one probe request), then scores with that
@@ -46,11 +46,11 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from model_def import predict_proba
-from payload import BadRequest, answer_chars, check_text, labelled
-from signature import SIGNATURE_FILE, Signature, load_encoder
+from sentiment.serving.core import predict_proba
+from sentiment.serving.payload import BadRequest, answer_chars, check_text, labelled
+from sentiment.serving.signature import SIGNATURE_FILE, Signature, load_encoder
 
-BUILD = Path(__file__).resolve().parent / "build"
+BUILD = Path(__file__).resolve().parents[2] / "build"
 DEFAULT_ARTIFACT = BUILD / "v1" / "export"  # local scoring; --endpoint: the served version's build/v<N>/export
 OUTPUT_COLUMNS = ("probability", "label", "error")
 EXPLANATION_COLUMNS = ("positive_words", "negative_words")  # with --explain K
@@ -87,7 +87,7 @@ class Core:
     def explain(self, texts: list[str]) -> list[list[dict]]:
         """Each text's words with their contributions, as the explanations endpoint answers them."""
         if self.explainer is None:
-            from explain import explainer_for  # only --explain needs it (Spark workers ship without it)
+            from sentiment.serving.explain import explainer_for  # only --explain needs it (Spark workers ship without it)
 
             self.explainer = explainer_for(self.model, self.encoder, self.signature)
         return [self.explainer(text).as_dict()["tokens"] for text in texts]
@@ -209,7 +209,7 @@ def row_error(value, column: str, signature: Signature) -> str | None:
 def score_frame(frame: pd.DataFrame, score, column: str, signature: Signature, errors: list | None = None,
                 explain: int = 0) -> pd.DataFrame:
     """`frame` plus probability, label and error. `score` maps texts to probabilities (Core, Endpoint);
-    `errors` holds problems found while reading (None where there was none). Shared with spark_predict.py.
+    `errors` holds problems found while reading (None where there was none). Shared with sentiment/ops/spark_predict.py.
     `explain` > 0 adds EXPLANATION_COLUMNS, the top `explain` words each way (`score.explain`)."""
     values = frame[column].tolist() if column in frame.columns else [None] * len(frame)
     errors = [error or row_error(value, column, signature) for error, value in zip(errors or [None] * len(frame), values)]
@@ -226,7 +226,7 @@ def score_frame(frame: pd.DataFrame, score, column: str, signature: Signature, e
     out["label"] = pd.Series(labels, index=frame.index, dtype=object)
     out["error"] = pd.Series(errors, index=frame.index, dtype=object)
     if explain:
-        from explain import top_words
+        from sentiment.serving.explain import top_words
 
         words = {name: [None] * len(frame) for name in EXPLANATION_COLUMNS}
         for i, tokens in zip(good, score.explain([values[i] for i in good])):

@@ -1,24 +1,24 @@
 """Continued evaluation: score a labelled set with the model a running TorchServe serves.
 
-    python evaluate.py                                   # held-out test split, default version
-    python evaluate.py --version 2 --out build/v2/served-evaluation.json
-    python evaluate.py --data reviews.csv --url http://127.0.0.1:8080
-    python evaluate.py --version 3 --data fresh.csv --held-out   # only the fresh labels v3's training held out
+    python -m sentiment.ops.evaluate                                   # held-out test split, default version
+    python -m sentiment.ops.evaluate --version 2 --out build/v2/served-evaluation.json
+    python -m sentiment.ops.evaluate --data reviews.csv --url http://127.0.0.1:8080
+    python -m sentiment.ops.evaluate --version 3 --data fresh.csv --held-out   # only the fresh labels v3's training held out
 
 The labelled set is a CSV file (header with `text` and `label` columns) or a JSONL file (one
 object with `text` and `label` a line); labels are 1/0 or the signature's label names. Without
---data it is the held-out test split of train.py (same SPLIT_SEED, so every model version is scored
+--data it is the held-out test split of sentiment/training/nbsvm.py (same SPLIT_SEED, so every model version is scored
 on the same texts as in training). The served model's signature (--artifact, by default
 build/v<version>/export/signature.json) gives the label names and the request limit: the texts go
 to POST <url>/predictions/<model>[/<version>] as {"texts": [...]} in chunks of at most its
 max_texts, and every answer must come from that version. The served labels give the accuracy, the
 served probabilities the ROC AUC. Prints the result as JSON (and writes it to --out).
 
-`--held-out` keeps only the rows of --data that training with `--fresh` (train.py, train_transformer.py)
+`--held-out` keeps only the rows of --data that training with `--fresh` (sentiment/training/nbsvm.py, sentiment/training/transformer.py)
 holds out by a hash of the text: a version retrained on fresh labels is scored, and compared with
 the one it would replace, on labels it never trained on.
 
-`accuracy` and `roc_auc` are rounded to 4 places as in train.py's metrics.json, so the two can be
+`accuracy` and `roc_auc` are rounded to 4 places as in sentiment/training/nbsvm.py's metrics.json, so the two can be
 compared directly: the served model should score exactly what training reported.
 """
 
@@ -32,61 +32,10 @@ from pathlib import Path
 import requests
 from sklearn.metrics import roc_auc_score
 
-from signature import MODEL_NAME, Signature
+from sentiment.serving.signature import MODEL_NAME, Signature
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-ROOT = Path(__file__).resolve().parent
-
-
-def parse_label(value, labels: tuple[str, str]) -> int:
-    """1 for the signature's positive label (its second), 0 for the negative one; also 1/0, true/false."""
-    negative, positive = (label.lower() for label in labels)
-    values = {"1": 1, "0": 0, "true": 1, "false": 0, positive: 1, negative: 0, positive[:3]: 1, negative[:3]: 0}
-    key = str(value).strip().lower()
-    if key not in values:
-        raise ValueError(f"label {value!r} is not one of 1/0, {positive}/{negative}")
-    return values[key]
-
-
-def load_labelled(path: Path, labels: tuple[str, str], text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
-    """Texts and 0/1 labels from a CSV (with a header) or JSONL file; `labels` are the signature's names."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        with path.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    texts, targets = [], []
-    for number, row in enumerate(rows, start=1):
-        if text_column not in row or label_column not in row:
-            raise ValueError(f"{path} row {number}: needs {text_column!r} and {label_column!r}, has {sorted(row)}")
-        try:
-            targets.append(parse_label(row[label_column], labels))
-        except ValueError as error:
-            raise ValueError(f"{path} row {number}: {error}") from None
-        texts.append(row[text_column])
-    if not texts:
-        raise ValueError(f"{path} holds no rows")
-    return texts, targets
-
-
-def held_out_test_split() -> tuple[list[str], list[int]]:
-    """train.py's held-out test split (fixed SPLIT_SEED): the texts every version was scored on."""
-    from train import load_dataset, split  # imports torch; only needed without --data
-
-    texts, labels, _ = load_dataset()
-    test = split(len(texts))["test"]
-    return [texts[i] for i in test], [labels[i] for i in test]
-
-
-def held_out_rows(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
-    """The rows that training with --fresh holds out (train.is_held_out: the same rows for every version)."""
-    from train import is_held_out  # imports torch; only needed with --held-out
-
-    kept = [i for i, text in enumerate(texts) if is_held_out(text)]
-    if not kept:
-        raise ValueError(f"none of the {len(texts)} rows is in the held-out share")
-    return [texts[i] for i in kept], [labels[i] for i in kept]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def predict_served(texts: list[str], chunk: int, url: str = DEFAULT_URL, model: str = MODEL_NAME, version: str | None = None,
@@ -134,7 +83,7 @@ def evaluate_served(texts: list[str], labels: list[int], signature: Signature, u
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, help="labelled CSV or JSONL file (default: train.py's held-out test split)")
+    parser.add_argument("--data", type=Path, help="labelled CSV or JSONL file (default: sentiment/training/nbsvm.py's held-out test split)")
     parser.add_argument("--url", default=DEFAULT_URL, help="TorchServe inference address (default %(default)s)")
     parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--version", help="a registered model version (default: the model's default version)")
@@ -172,4 +121,4 @@ if __name__ == "__main__":
     try:
         main()
     except (RuntimeError, ValueError, OSError, requests.RequestException) as error:
-        sys.exit(f"evaluate.py: {error}")
+        sys.exit(f"sentiment/ops/evaluate.py: {error}")

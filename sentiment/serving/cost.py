@@ -13,8 +13,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from signature import Signature
-from text import normalized_length_bound
+from sentiment.serving.signature import Signature
+from sentiment.serving.text import normalized_length_bound
 
 CJK = [chr(c) for c in range(0x4E00, 0x9FA6)]
 ACCENTED = list("áéíóúàèìòùâêîôûäëïöüñçåøæ")
@@ -55,7 +55,7 @@ class Cost:
     """Seconds of the costliest admissible text on this worker's host, one thread, as measured at its start."""
 
     prediction: float  # its share of a forward pass
-    explanation: float  # its explanation, on top of the prediction (v2: an upper bound, explain.py's probe)
+    explanation: float  # its explanation, on top of the prediction (v2: an upper bound, sentiment/serving/explain.py's probe)
 
     def seconds(self, signature: Signature, texts: list[str], explain: bool) -> float:
         """An upper bound on a request's work: each text its share of the costliest one, by the length the

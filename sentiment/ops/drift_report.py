@@ -2,10 +2,10 @@
 over a window (from Prometheus' HTTP API) against the reference in its signature, with a verdict,
 and a PNG of live vs reference distributions.
 
-    python drift_report.py                                   # Prometheus of `make monitor`, last 30m
-    python drift_report.py --prometheus http://prometheus:9090 --window 2h --png build/drift-report.png
+    python -m sentiment.ops.drift_report                                   # Prometheus of `make monitor`, last 30m
+    python -m sentiment.ops.drift_report --prometheus http://prometheus:9090 --window 2h --png build/drift-report.png
 
-The statistics are drift.py's, the same ones the rules in deploy/prometheus/ compute in PromQL:
+The statistics are sentiment/serving/drift.py's, the same ones the rules in deploy/prometheus/ compute in PromQL:
 the positive rate against the test split's, the population stability index (PSI) of the
 predicted probabilities and of the input lengths over their served bins (drift.HISTOGRAMS), and the
 accuracy estimated from the calibrated probabilities (mean of max(p, 1 - p)) against the test
@@ -19,54 +19,19 @@ TorchServe target is up and there is no traffic to judge.
 
 import argparse
 import math
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
 
 import requests
 
-import drift
-from signature import Signature
+from sentiment.ops.prometheus import DEFAULT_PROMETHEUS, NoReport, query
+from sentiment.serving import drift
+from sentiment.serving.signature import Signature
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+ROOT = Path(__file__).resolve().parents[2]
 BY = "ModelName, ModelVersion"
-
-
-class NoReport(Exception):
-    """The report cannot be made; the message says why and what to do."""
-
-
-def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:
-    """An instant query; the result vector as [{"metric": {...}, "value": [t, "v"]}]."""
-    params = {"query": expr, **({"time": at} if at is not None else {})}
-    try:
-        response = requests.get(prometheus.rstrip("/") + "/api/v1/query", params=params, timeout=10)
-    except requests.ConnectionError as error:
-        raise NoReport(unreachable(prometheus, error)) from None
-    except requests.RequestException as error:
-        raise NoReport(f"Prometheus at {prometheus} did not answer: {error}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        raise NoReport(f"{prometheus} answered HTTP {response.status_code} without JSON: is it Prometheus?") from None
-    if not isinstance(body, dict) or "status" not in body:
-        raise NoReport(f"{prometheus} answered HTTP {response.status_code} with JSON that is not Prometheus' API: is it Prometheus?")
-    if body.get("status") != "success":
-        raise NoReport(f"Prometheus refused the query {expr!r}: {body.get('errorType')}: {body.get('error')}")
-    return body["data"]["result"]
-
-
-def unreachable(prometheus: str, error: Exception) -> str:
-    local = urlparse(prometheus).hostname in ("127.0.0.1", "localhost", "::1")
-    if local and shutil.which("prometheus") is None:
-        return (f"Prometheus is not installed, and nothing answers at {prometheus}. `make monitor` installs "
-                "Debian's prometheus package and starts it on 127.0.0.1:9090.")
-    return (f"Prometheus is not reachable at {prometheus} ({type(error).__name__}). "
-            + ("Start it with `make monitor` (after `make serve`)." if local else "Check the URL and that it runs."))
 
 
 def by_version(result: list[dict], key: str | None = None) -> dict:

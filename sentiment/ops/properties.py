@@ -1,5 +1,5 @@
 """TorchServe's config.properties: reading one as TorchServe (java.util.Properties) reads it, and the
-request-size limit the serving contract implies. Used by local_server.py, deploy/kserve/build_layout.py
+request-size limit the serving contract implies. Used by sentiment/ops/torchserve.py, sentiment/ops/kserve_layout.py
 and the tests; no dependencies, so it runs anywhere (the layout builder, a test, a script)."""
 
 from pathlib import Path

@@ -63,7 +63,7 @@ def load_handler(model_dir: Path, batch_size: int):
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
     from ts.service import Service
 
-    from handler import SentimentHandler
+    from sentiment.serving.handler import SentimentHandler
 
     manifest = json.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_text())
     metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from text import Encoder, Features, WordPieceEncoder
+from sentiment.serving.text import Encoder, Features, WordPieceEncoder
 
 MODEL_NAME = "sentiment"
 SIGNATURE_FILE = "signature.json"
@@ -51,7 +51,7 @@ class Signature:
     # the model reads after normalisation (explain.answer_chars), not the characters sent ("…" reads as "...",
     # three words). A word has at least one character, so this bounds the answer (ts_properties.max_response_bytes).
     max_explain_chars: int = 40_000
-    # A text costs its share of the costliest admissible text (worst_case.py) in proportion to its normalised
+    # A text costs its share of the costliest admissible text (sentiment/serving/cost.py) in proportion to its normalised
     # length, up to all of it from `full_cost_chars` on (v1: max_chars; v2: max_length tokens). The seconds are
     # measured by each worker at start, on its host (worst_case.measure_cost), not shipped in the archive.
     full_cost_chars: int = MAX_CHARS

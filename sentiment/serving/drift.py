@@ -1,7 +1,7 @@
 """Is the served model still fit for purpose? The reference distribution recorded at export, and the
 statistics that compare live traffic with it. Pure Python (no TorchServe, no Prometheus): export.py
-fills `Signature.reference`, deploy/prometheus/generate_rules.py turns it into Prometheus rules that
-compute the same statistics in PromQL, and drift_report.py computes them from Prometheus' API.
+fills `Signature.reference`, sentiment/ops/rules.py turns it into Prometheus rules that
+compute the same statistics in PromQL, and sentiment/ops/drift_report.py computes them from Prometheus' API.
 
 The statistic is the population stability index over the served distributions' bins,
 
@@ -39,12 +39,12 @@ answers a minute (2 of 2,000 versions ever paged), 6 at 14 a minute."""
 
 import math
 
-from payload import labelled
-from signature import Signature
+from sentiment.serving.payload import labelled
+from sentiment.serving.signature import Signature
 
 # Bin bounds: the buckets TorchServe 0.12 gives every Prometheus histogram (the Prometheus Java client's
 # defaults), which the distributions were first served in. They are served as counters of their own now,
-# one series a bin (prediction_metrics.py): a histogram takes one [METRICS] line a text, which the frontend
+# one series a bin (sentiment/serving/metrics.py): a histogram takes one [METRICS] line a text, which the frontend
 # parses, and 64-text requests served ~30 % slower for it; a bin counter takes one a batch and bin hit.
 TORCHSERVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Upper bounds ("le") of the bins compared: a probability never exceeds 1, so no bin above 1; the input

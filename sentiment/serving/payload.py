@@ -10,8 +10,8 @@ text/* already decoded (str), and anything it could not decode as raw bytes.
 import json
 from dataclasses import dataclass, field
 
-from signature import Signature
-from text import normalized_length_bound, tokenize
+from sentiment.serving.signature import Signature
+from sentiment.serving.text import normalized_length_bound, tokenize
 
 JSON, PLAIN_TEXT = "application/json", "text/plain"
 
