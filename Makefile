@@ -15,6 +15,8 @@ TRANSFORMER := $(filter transformer,$(ARCH))
 BESIDE_V1  := $(filter-out 1,$(VERSION))
 TRAINER    := sentiment.training.$(if $(TRANSFORMER),transformer,nbsvm)
 TRAIN_ARGS ?=
+# export.py's options, e.g. EXPORT_ARGS="--runtime torchscript" to serve v2's float32 TorchScript core
+EXPORT_ARGS ?=
 BUILD      ?= build/v$(VERSION)
 EXPORT     := $(BUILD)/export
 STORE      ?= model_store
@@ -98,13 +100,14 @@ $(BUILD)/checkpoint.pt: $(if $(TRANSFORMER),,sentiment/training/nbsvm.py sentime
 train: $(BUILD)/checkpoint.pt ## train if no model exists: VERSION=1 the NBSVM (~2 min), VERSION=2 the transformer (under 60 min)
 
 $(EXPORT)/signature.json: $(BUILD)/checkpoint.pt export.py sentiment/training/export.py sentiment/data.py $(wildcard sentiment/serving/*.py)
-	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME)
+	$(PY) export.py --checkpoint $(BUILD) --out $(EXPORT) --version $(VERSION) --name $(MODEL_NAME) $(EXPORT_ARGS)
 
 export: $(EXPORT)/signature.json ## TorchScript + ONNX core and signature.json into build/vN/export
 
 # The archive holds the TorchScript core, handler.py, the sentiment.serving package as a folder (staged in
 # $(BUILD)/served: --extra-files copies a folder's contents) and the export's JSON files (signature, and
-# vocab.json for v1 or tokenizer.json for v2); the ONNX core is not served.
+# vocab.json for v1 or tokenizer.json for v2), and the int8 ONNX core when the signature serves it (v2); the
+# float32 model.onnx is not served.
 $(MAR): $(EXPORT)/signature.json $(SERVED_CODE) $(MODEL_CONFIG)
 	mkdir -p $(STORE)
 	rm -rf $(BUILD)/served && mkdir -p $(BUILD)/served/sentiment/serving
@@ -112,7 +115,7 @@ $(MAR): $(EXPORT)/signature.json $(SERVED_CODE) $(MODEL_CONFIG)
 	cp $(filter sentiment/serving/%,$(SERVED_CODE)) $(BUILD)/served/sentiment/serving/
 	$(BIN)/torch-model-archiver --force --model-name $(MODEL_NAME) --version $(VERSION) \
 		--serialized-file $(EXPORT)/model.pt --handler handler.py --config-file $(MODEL_CONFIG) \
-		--extra-files "$(BUILD)/served,$$(echo $(EXPORT)/*.json | tr ' ' ',')" \
+		--extra-files "$(BUILD)/served,$$(echo $(EXPORT)/*.json $(wildcard $(EXPORT)/*.int8.onnx) | tr ' ' ',')" \
 		--export-path $(BUILD)
 	mv $(BUILD)/$(MODEL_NAME).mar $@
 	@echo "built $@"

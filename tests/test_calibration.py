@@ -24,6 +24,7 @@ from sentiment.ops.torchserve import ROOT
 from sentiment.serving.core import predict_proba
 from sentiment.serving.payload import labelled
 from scripts import calibration
+from sentiment.serving.runtime import load_core
 from sentiment.serving.signature import CALIBRATION_CLIP, SIGNATURE_FILE, Signature, load_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -222,7 +223,7 @@ def test_v2_export_is_calibrated_and_its_estimate_holds(parts):
     quick_v2.build()
     signature = Signature.load(quick_v2.EXPORT)
     assert signature.calibration["method"] in export.CALIBRATION_METHODS and export.increasing(signature.calibration)
-    core, encoder = torch.jit.load(str(quick_v2.EXPORT / signature.model_file)), load_encoder(quick_v2.EXPORT, signature)
+    core, encoder = load_core(quick_v2.EXPORT, signature), load_encoder(quick_v2.EXPORT, signature)
     texts, labels = parts["test"]
     served = labelled(predict_proba(core, texts, encoder).tolist(), signature, encoder.lengths(texts))[0]
     assert drift.estimated_accuracy(served) == pytest.approx(signature.reference["estimated_accuracy"], abs=1e-4)

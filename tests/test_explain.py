@@ -30,7 +30,8 @@ from sentiment.training import export
 from sentiment.serving.handler import SentimentHandler
 from sentiment.ops.torchserve import LocalTorchServe
 from sentiment.serving.core import predict_proba
-from sentiment.serving.signature import LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
+from sentiment.serving.runtime import load_core
+from sentiment.serving.signature import BATCH_TOLERANCE, LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
 from sentiment.serving.text import normalize, token_spans, tokenize
 from sentiment.data import load_dataset, load_imdb
 from bench import worker_message
@@ -496,6 +497,27 @@ def test_a_1000_word_review_is_explained(served, version):
         assert [t["token"] for t in answer["tokens"]] == tokenize(review)
     else:
         assert 0 < len(answer["tokens"]) < 254 < len(tokenize(review))
+
+
+def test_v2_explanation_says_which_core_it_explains(served):
+    """v2 serves the int8 ONNX core; Integrated Gradients differentiates the float32 TorchScript core. The answer
+    names both; its probability is the prediction's own, its logit = base + contributions is the float32
+    core's, and the two differ by no more than the int8 gate measured on the test sets (and the batch bound)."""
+    signature = Signature.load(quick_v2.EXPORT)
+    assert signature.runtime["precision"] == "int8"
+    answer = post(served, "/explanations/sentiment/2", {"text": POSITIVE}).json()
+    predicted = post(served, "/predictions/sentiment/2", {"text": POSITIVE}).json()
+    assert (answer["explained_core"], answer["served_core"]) == ("torchscript fp32", "onnxruntime int8")
+    assert answer["probability"] == predicted["probability"]
+    assert answer["completeness_error"] == pytest.approx(
+        abs(answer["base"] + math.fsum(t["contribution"] for t in answer["tokens"]) - answer["logit"]))
+    encoder = load_encoder(quick_v2.EXPORT, signature)
+    int8 = predict_proba(load_core(quick_v2.EXPORT, signature), [POSITIVE], encoder).item()
+    assert signature.calibrate(int8, encoder.lengths([POSITIVE])[0]) == pytest.approx(answer["probability"], abs=1e-6)
+    fp32 = 1 / (1 + math.exp(-answer["logit"]))
+    assert abs(fp32 - int8) <= signature.quantization["max_abs_probability_difference"] + BATCH_TOLERANCE["int8"], (fp32, int8)
+    v1 = post(served, "/explanations/sentiment/1", {"text": POSITIVE}).json()
+    assert "explained_core" not in v1  # v1 serves the core it explains
 
 
 def test_served_default_version_and_kserve_routes(served):

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sentiment.serving.core import predict_proba
+from sentiment.serving.runtime import OnnxCore
 from sentiment.training import export
 from sentiment import data
 from sentiment.training import nbsvm
@@ -28,7 +30,7 @@ def eager(export_dir):
 
 
 def onnx_predict_proba(export_dir, signature, texts, encoder):
-    return nbsvm.predict_proba(export.OnnxCore(export_dir / signature.onnx_file, signature), texts, encoder)
+    return predict_proba(OnnxCore(export_dir / signature.onnx_file, signature), texts, encoder)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_split():
 
 @pytest.fixture(scope="module")
 def eager_probs(eager, test_split, encoder):
-    return nbsvm.predict_proba(eager[0], test_split[0], encoder)
+    return predict_proba(eager[0], test_split[0], encoder)
 
 
 # --- vocabulary -----------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def test_vocab_is_rebuilt_from_the_training_texts_by_text_py(signature, vocab_in
 def test_torchscript_matches_eager_on_test_split(export_dir, signature, encoder, test_split, eager_probs):
     scripted = torch.jit.load(str(export_dir / signature.model_file))
     assert not scripted.training  # exported in eval mode
-    probs = nbsvm.predict_proba(scripted, test_split[0], encoder)
+    probs = predict_proba(scripted, test_split[0], encoder)
     assert probs.shape == eager_probs.shape == (len(test_split[0]),)
     assert (probs - eager_probs).abs().max().item() < export.PARITY_TOLERANCE[signature.architecture]
 
@@ -82,7 +84,7 @@ def test_onnx_handles_empty_bags_and_a_single_text(export_dir, signature, encode
     texts = ["", "a fine film", "zorblax", "\u6771\u4eac", "dull"]  # the first and fourth are empty bags
     assert encoder.batch(texts)[1][3] == encoder.batch(texts)[1][4]
     onnx = onnx_predict_proba(export_dir, signature, texts, encoder)
-    assert (onnx - nbsvm.predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
+    assert (onnx - predict_proba(eager[0], texts, encoder)).abs().max().item() < 1e-5
     single = onnx_predict_proba(export_dir, signature, ["dull"], encoder)
     assert single.shape == (1,) and single.item() == pytest.approx(onnx[4].item(), abs=1e-6)
 

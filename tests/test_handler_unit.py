@@ -255,14 +255,14 @@ def test_a_pathological_body_fails_only_its_own_request(handler, context):
 
 def test_an_inference_failure_fails_only_its_own_request(handler, context, vocab_index, monkeypatch):
     poison = vocab_index["dull"]
-    core = handler.model
+    core = handler.core
 
     def fragile(ids, offsets):
         if (ids == poison).any():
             raise RuntimeError("poisoned")
         return core(ids, offsets)
 
-    monkeypatch.setattr(handler, "model", fragile)
+    monkeypatch.setattr(handler, "core", fragile)
     responses = run_batch(handler, context, [
         json_request({"text": POSITIVE[0]}),
         json_request({"text": NEGATIVE[0]}),  # "dull, lifeless ..."

@@ -416,6 +416,9 @@ def check_make(words: list[str]) -> None:
 
 
 def check_python(words: list[str]) -> None:
+    """`python script.py ...` or `python -m package.module ...`: the file exists and takes the options given."""
+    if words[1] == "-m":
+        words = [words[0], words[2].replace(".", "/") + ".py", *words[3:]]
     script = words[1]
     assert (ROOT / script).is_file(), f"no such script: {script}"
     options = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
@@ -549,7 +552,7 @@ def test_limits_table_is_the_code():
 def test_error_kinds_are_the_code():
     """Every kind the handler can answer is documented, in README's list and docs/api.md's table, and
     every kind documented is one the code answers."""
-    code = (ROOT / "sentiment/serving/payload.py").read_text() + (ROOT / "handler.py").read_text()
+    code = (ROOT / "sentiment/serving/payload.py").read_text() + (ROOT / "sentiment/serving/handler.py").read_text()
     kinds = set(re.findall(r"(?:BadRequest|Unavailable|RequestError)\(\s*\"(\w+)\"", code))
     assert {"empty_text", "lone_surrogate", "batch_budget", "inference_error"} <= kinds
     readme = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+)`", section(README, "## Errors")))

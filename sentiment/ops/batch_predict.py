@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from sentiment.serving.core import predict_proba
+from sentiment.serving.runtime import load_core, load_torchscript
 from sentiment.serving.payload import BadRequest, answer_chars, check_text, labelled
 from sentiment.serving.signature import SIGNATURE_FILE, Signature, load_encoder
 
@@ -68,17 +69,19 @@ log = logging.getLogger("batch_predict")
 
 
 class Core:
-    """The exported TorchScript core (either version) as `texts -> probabilities`, with its signature and featuriser."""
+    """The exported core (either version, the runtime its signature names) as `texts -> probabilities`, with its
+    signature and featuriser."""
 
     def __init__(self, artifact: Path):
         artifact = Path(artifact)
         self.signature = Signature.load(artifact)
         self.encoder = load_encoder(artifact, self.signature)
-        self.model = torch.jit.load(str(artifact / self.signature.model_file)).eval()
+        self.artifact = artifact
+        self.core = load_core(artifact, self.signature)
         self.explainer = None
 
     def __call__(self, texts: list[str]) -> list[float]:
-        return predict_proba(self.model, texts, self.encoder).tolist()
+        return predict_proba(self.core, texts, self.encoder).tolist()
 
     def lengths(self, texts: list[str]) -> list[int]:
         """What the calibration reads of each text besides its probability (payload.labelled)."""
@@ -89,7 +92,7 @@ class Core:
         if self.explainer is None:
             from sentiment.serving.explain import explainer_for  # only --explain needs it (Spark workers ship without it)
 
-            self.explainer = explainer_for(self.model, self.encoder, self.signature)
+            self.explainer = explainer_for(load_torchscript(self.artifact, self.signature), self.encoder, self.signature)
         return [self.explainer(text).as_dict()["tokens"] for text in texts]
 
 

@@ -16,6 +16,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from sentiment.serving.explain import explainer_for
 from sentiment.serving.core import predict_proba
+from sentiment.serving.runtime import load_core
 from sentiment.serving.payload import JSON, BadRequest, Parsed, RequestError, Unavailable, answer_all, encoded, explanation_body, parse_request, response_body
 from sentiment.serving.metrics import PredictionMetrics
 from sentiment.serving.signature import Signature, load_encoder
@@ -39,7 +40,9 @@ REQUEST_SHARE = 0.9
 
 class SentimentHandler(BaseHandler):
     def initialize(self, context):
-        """Once per worker: TorchScript core (BaseHandler loads the archive's serialized file), signature, vocabulary."""
+        """Once per worker: signature, featuriser, the served core (runtime.load_core: the TorchScript model.pt that
+        BaseHandler loads from the archive's serialized file, or the ONNX core the signature names) and the
+        explainer, which differentiates the float32 TorchScript core."""
         super().initialize(context)
         model_config = getattr(context, "model_yaml_config", None) or {}
         settings = model_config.get("handler") or {}
@@ -47,6 +50,7 @@ class SentimentHandler(BaseHandler):
         model_dir = context.system_properties["model_dir"]
         self.signature = Signature.load(model_dir)
         self.encoder = load_encoder(model_dir, self.signature)
+        self.core = load_core(model_dir, self.signature, torchscript=self.model)
         # model-config.yaml's `handler: {explain_steps: N}` overrides v2's Integrated Gradients steps (explain.STEPS).
         self.explainer = explainer_for(self.model, self.encoder, self.signature, settings.get("explain_steps"))
         timeout = float(model_config.get("responseTimeout", 120))  # 120 s: TorchServe's default
@@ -54,8 +58,9 @@ class SentimentHandler(BaseHandler):
         self.cost = measure_cost(self.forward, self.explainer, self.signature)
         self.prediction_metrics = PredictionMetrics(context.metrics)
         self.initialized = True
-        log.info("loaded %s v%s (%s, %d torch threads); costliest text %.1f ms, its explanation %.1f ms more",
-                 self.signature.model_name, self.signature.version, self.signature.architecture, torch.get_num_threads(),
+        log.info("loaded %s v%s (%s, %s %s, %d torch threads); costliest text %.1f ms, its explanation %.1f ms more",
+                 self.signature.model_name, self.signature.version, self.signature.architecture, self.signature.runtime["name"],
+                 self.signature.runtime["precision"], torch.get_num_threads(),
                  self.cost.prediction * 1000, self.cost.explanation * 1000)
 
     def _is_explain(self) -> bool:
@@ -164,7 +169,7 @@ class SentimentHandler(BaseHandler):
                     request.error = Unavailable("explanation_budget", f"explanations of this batch took over {self.budget:.0f} s: retry")
                     continue
                 try:
-                    request.explanations = [self.explainer(text).as_dict() for text in request.texts]
+                    request.explanations = [{**self.explainer(text).as_dict(), **self.signature.explained_core} for text in request.texts]
                 except Exception as error:
                     log.exception("explanation failed for one request")
                     request.error = RequestError("inference_error", f"explanation failed: {type(error).__name__}")
@@ -172,7 +177,7 @@ class SentimentHandler(BaseHandler):
     def forward(self, texts: list[str]) -> tuple[list[float], list[int] | None]:
         """The core's probabilities and the lengths the calibration reads, if it reads them (timed together by measure_cost)."""
         lengths = self.encoder.lengths(texts) if self.signature.reads_lengths else None
-        return predict_proba(self.model, texts, self.encoder).tolist(), lengths
+        return predict_proba(self.core, texts, self.encoder).tolist(), lengths
 
     def postprocess(self, parsed: list[Parsed]) -> list[dict]:
         for idx, request in enumerate(parsed):

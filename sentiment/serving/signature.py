@@ -12,9 +12,16 @@ MODEL_NAME = "sentiment"
 SIGNATURE_FILE = "signature.json"
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"  # the ONNX core with int8 weights (dynamic quantization: export.quantize)
 VOCAB_FILE = "vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
 NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
+TORCHSCRIPT, ONNXRUNTIME = "torchscript", "onnxruntime"  # Signature.runtime["name"]: what runs the served core (runtime.py)
+# How far a text's served probability may move with the texts batched beside it. A float32 core: rounding only.
+# The int8 core quantizes activations with one scale per forward pass (dynamic quantization), so a text's answer
+# depends a little on its batch-mates: export measures it (Signature.quantization["max_batch_difference"]) and
+# refuses an int8 core past this bound; static scales, which would not depend on them, cost accuracy (docs/models.md).
+BATCH_TOLERANCE = {"fp32": 2e-6, "int8": 0.05}
 # Texts a request may hold, per version, written into the signature by export.py. v2's are few: with 2
 # workers on 2 cores its forward pass costs ~55 ms a text of max_length tokens and an explanation STEPS + 2
 # passes, and a batch (model-config-v2.yaml: batchSize 8) must end well within its responseTimeout.
@@ -70,6 +77,13 @@ class Signature:
     outputs: list = field(
         default_factory=lambda: [{"name": "logit", "dtype": "float32", "shape": ["batch"], "doc": "the core's P(positive) = sigmoid(logit); served calibrated (calibration)"}]
     )
+    # What runs the served core (runtime.load_core): {"name": TORCHSCRIPT or ONNXRUNTIME, "file", "precision": "fp32" or
+    # "int8"}, and for ONNX Runtime the session options export chose from a measured grid ("intra_op_threads",
+    # "graph_optimization_level"). Explanations always differentiate the float32 TorchScript core (model_file).
+    runtime: dict = field(default_factory=lambda: {"name": TORCHSCRIPT, "file": MODEL_FILE, "precision": "fp32"})
+    # The int8 core's gate (export.quantize): accuracy and AUC of the float32 and the int8 core per test set, and the
+    # largest |P(int8) - P(fp32)| seen; None when the served core is not quantized.
+    quantization: dict | None = None
     # The map export.py fitted on the validation split (export.fit_calibration), {"method", "slope", "intercept",
     # "length_slope", ...}: the served probability is sigmoid(slope * z + length_slope * z / sqrt(n) + intercept) of the
     # core's logit z and the n tokens the model reads of the text (encoder.lengths). "platt" (exports before issue 25)
@@ -85,6 +99,16 @@ class Signature:
     def reads_lengths(self) -> bool:
         """Whether the calibration reads each text's length (encoder.lengths) besides its probability."""
         return bool(self.calibration and self.calibration.get("length_slope"))
+
+    @property
+    def explained_core(self) -> dict:
+        """What an explanation answer adds when the served core is not the one Integrated Gradients differentiates
+        (int8 has no gradients): both cores, so the client knows that `logit` = `base` + the contributions is the
+        float32 core's logit while `probability` stays the prediction's own (they differ by at most the
+        quantization's max_abs_probability_difference on the test sets)."""
+        if self.runtime["name"] == TORCHSCRIPT:
+            return {}
+        return {"explained_core": f"{TORCHSCRIPT} fp32", "served_core": f"{self.runtime['name']} {self.runtime['precision']}"}
 
     def calibrate(self, probability: float, length: int | None = None) -> float:
         """The probability served for the core's `probability` (= sigmoid(logit)) of a text the model reads as

@@ -4,11 +4,16 @@
     python export.py --checkpoint build/v2 --out build/v2/export --version 2     # the transformer
 
 Writes to --out: model.pt (TorchScript, eval mode, no optimizer, dropout or training state),
-model.onnx (the same core for ONNX Runtime), the featuriser's file (vocab.json for v1,
-tokenizer.json for v2) and signature.json. Before writing the signature it checks that both
-exported cores agree with the eager model on the held-out test set of the data the model was
-trained on. It then fits the calibration of the served probabilities on the validation split
-(`fit_calibration`: Platt scaling, with a term for the text's length where cross-validation prefers it) and records the test split as the served model sees it (drift.reference_distribution).
+model.onnx (the same core for ONNX Runtime), for v2 model.int8.onnx (`quantize`: int8 weights by
+ONNX Runtime's dynamic quantization), the featuriser's file (vocab.json for v1, tokenizer.json for
+v2) and signature.json. Before writing the signature it checks that both exported cores agree with
+the eager model on the held-out test set of the data the model was trained on, and that the int8
+core moves accuracy and AUC by at most QUANTIZATION_GATE on rt-polarity test and IMDB test (it
+refuses to write one that does). The served core is the one RUNTIMES names for the architecture
+(--runtime, --precision say otherwise). It then fits the calibration of the served core's
+probabilities on the validation split (`fit_calibration`: Platt scaling, with a term for the text's
+length where cross-validation prefers it) and records the test split as the served core sees it
+(drift.reference_distribution).
 """
 
 import argparse
@@ -26,13 +31,22 @@ from sklearn.model_selection import StratifiedKFold
 from sentiment.serving.drift import reference_distribution
 from sentiment.serving.core import ModelConfig, SentimentClassifier, TransformerClassifier, TransformerConfig, predict_proba
 from sentiment.serving.payload import labelled
-from sentiment.serving.signature import CALIBRATION_CLIP, LIMITS, MODEL_NAME, NBSVM, TOKENIZER_FILE, TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder
+from sentiment.serving.runtime import OnnxCore, load_core
+from sentiment.serving.signature import (BATCH_TOLERANCE, CALIBRATION_CLIP, INT8_ONNX_FILE, LIMITS, MODEL_NAME, NBSVM, ONNXRUNTIME, TOKENIZER_FILE, TORCHSCRIPT,
+                                         TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder)
 from sentiment.serving.text import Features
-from sentiment.data import held_out
+from sentiment.data import SPLIT_SEED, held_out, load_imdb
 
 PARITY_TOLERANCE = {NBSVM: 1e-5, TRANSFORMER: 1e-4}  # max |probability difference| on the test set
 CALIBRATION_METHODS = ("platt", "platt_length")  # the maps fit_calibration chooses from (fit_map)
 CALIBRATION_FOLDS, CALIBRATION_SHUFFLES = 5, 5  # its cross-validation within the validation split
+# The served runtime and precision per architecture (bench/results/ort_grid.json measured them on 2 cores), and
+# the ONNX Runtime session options chosen from that grid.
+RUNTIMES = {NBSVM: (TORCHSCRIPT, "fp32"), TRANSFORMER: (ONNXRUNTIME, "int8")}
+SESSION_OPTIONS = {"intra_op_threads": 1, "graph_optimization_level": "ORT_ENABLE_ALL"}
+QUANTIZATION_GATE = {"accuracy": 0.005, "roc_auc": 0.005}  # the most the int8 core may move either, on either test set
+BATCH_PROBE = 32  # texts of each gate set whose answer alone and in batches of 8 (v2's batchSize) export compares
+GATE_IMDB_SIZE = 4000  # IMDB test reviews the gate scores (a SPLIT_SEED sample: all 23,678 take ~10 min on 2 cores)
 log = logging.getLogger("export")
 
 
@@ -69,20 +83,67 @@ def export_onnx(model: torch.nn.Module, example: tuple, path: Path, signature: S
                           output_names=[spec["name"] for spec in signature.outputs], dynamic_axes=dynamic)
 
 
-class OnnxCore:
-    """The ONNX export behind the same call as a torch core: `core(*encoder.inputs(texts)) -> logits`."""
+def quantize(folder: Path, signature: Signature) -> Path:
+    """model.onnx with int8 weights, one scale per output channel (activations are quantized on the fly, per
+    batch): ONNX Runtime's dynamic quantization, what serves small transformers on CPUs. Per channel was both
+    closer to float32 and faster than one scale per tensor on v2 (31 against 35 ms a 256-token review, one
+    thread). The graph is prepared first (quant_pre_process: shape inference and constant folding)."""
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-    def __init__(self, path: Path, signature: Signature):
-        import onnxruntime
+    prepared = folder / "model.prepared.onnx"
+    quant_pre_process(str(folder / signature.onnx_file), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(folder / INT8_ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
+    prepared.unlink()
+    return folder / INT8_ONNX_FILE
 
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only: the Loop that EmbeddingBag exports to draws harmless graph warnings
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.names = [spec["name"] for spec in signature.inputs]
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {name: x.numpy() for name, x in zip(self.names, inputs)})
-        return torch.from_numpy(logits)
+def gate_sets(metrics: dict, imdb_size: int) -> dict[str, tuple[list[str], list[int]]]:
+    """The test sets the int8 gate scores: rt-polarity test, and a SPLIT_SEED sample of IMDB test."""
+    import random
+
+    imdb = list(zip(*load_imdb("test")[:2]))
+    random.Random(SPLIT_SEED).shuffle(imdb)
+    imdb = imdb[:imdb_size]
+    return {"rt_polarity_test": held_out(metrics, "test"), "imdb_test": ([t for t, _ in imdb], [y for _, y in imdb])}
+
+
+def quantization_gate(fp32, int8, encoder, sets: dict) -> dict:
+    """Accuracy and AUC of both cores per set, and the largest |P(int8) - P(fp32)|; raises SystemExit past
+    QUANTIZATION_GATE on any set."""
+    from sklearn.metrics import roc_auc_score
+
+    record = {"gate": QUANTIZATION_GATE, "max_abs_probability_difference": 0.0}
+    for name, (texts, labels) in sets.items():
+        y = np.asarray(labels)
+        scores = {}
+        for precision, core in (("fp32", fp32), ("int8", int8)):
+            p = predict_proba(core, texts, encoder).numpy()
+            scores[precision] = {"accuracy": round(float(((p >= 0.5) == y).mean()), 4), "roc_auc": round(float(roc_auc_score(y, p)), 4), "p": p}
+        difference = float(np.abs(scores["int8"].pop("p") - scores["fp32"].pop("p")).max())
+        record["max_abs_probability_difference"] = round(max(record["max_abs_probability_difference"], difference), 5)
+        record[name] = {**scores, "size": len(labels)}
+        for metric, limit in QUANTIZATION_GATE.items():
+            moved = round(abs(scores["int8"][metric] - scores["fp32"][metric]), 4)  # the scores are rounded to 4 places
+            if moved > limit:
+                raise SystemExit(f"int8 core refused: {metric} on {name} moved {moved:.4f} (fp32 {scores['fp32'][metric]}, "
+                                 f"int8 {scores['int8'][metric]}; the gate allows {limit})")
+        log.info("int8 gate on %s (n=%d): accuracy %.4f -> %.4f, AUC %.4f -> %.4f, max |dP| %.4f", name, len(labels),
+                 scores["fp32"]["accuracy"], scores["int8"]["accuracy"], scores["fp32"]["roc_auc"], scores["int8"]["roc_auc"], difference)
+    record["max_batch_difference"] = batch_difference(int8, encoder, [t for texts, _ in sets.values() for t in texts[:BATCH_PROBE]])
+    if record["max_batch_difference"] > BATCH_TOLERANCE["int8"]:
+        raise SystemExit(f"int8 core refused: a text's probability moves {record['max_batch_difference']:.4f} with its batch-mates "
+                         f"(BATCH_TOLERANCE {BATCH_TOLERANCE['int8']})")
+    log.info("int8 core: a text's probability moves at most %.4f with its batch-mates (%d texts, batches of %d)",
+             record["max_batch_difference"], 2 * BATCH_PROBE, BATCH_PROBE // 4)
+    return record
+
+
+def batch_difference(core, encoder, texts: list[str]) -> float:
+    """The largest |P(text in a served-size batch of mixed texts) - P(text alone)|."""
+    size = BATCH_PROBE // 4
+    batched = torch.cat([predict_proba(core, texts[i : i + size], encoder) for i in range(0, len(texts), size)])
+    alone = torch.cat([predict_proba(core, [text], encoder) for text in texts])
+    return round(float((batched - alone).abs().max()), 5)
 
 
 def held_out_texts(metrics: dict) -> list[str]:
@@ -148,6 +209,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/v1/export"))
     parser.add_argument("--version", default="1")
     parser.add_argument("--name", default=MODEL_NAME)
+    parser.add_argument("--runtime", choices=(TORCHSCRIPT, ONNXRUNTIME), help="the served runtime (default: RUNTIMES' for the architecture)")
+    parser.add_argument("--precision", choices=("fp32", "int8"), help="the served precision; int8 is ONNX Runtime's (default: RUNTIMES')")
+    parser.add_argument("--gate-size", type=int, default=GATE_IMDB_SIZE, help="IMDB test reviews the int8 gate scores (default %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -156,6 +220,7 @@ def main() -> None:
     signature = make_signature(checkpoint, metrics, args.name, args.version)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / INT8_ONNX_FILE).unlink(missing_ok=True)  # written again below when the served core is int8
     for name in (signature.vocab_file, signature.tokenizer_file):
         if name:
             shutil.copyfile(args.checkpoint / name, args.out / name)
@@ -167,7 +232,8 @@ def main() -> None:
     eager = predict_proba(model, test_texts, encoder)
     scripted = torch.jit.load(str(args.out / signature.model_file))  # the core as a worker restores it
     restored = predict_proba(scripted, test_texts, encoder)
-    onnx = predict_proba(OnnxCore(args.out / signature.onnx_file, signature), test_texts, encoder)
+    threads = torch.get_num_threads()  # export has the machine; a served worker has its share (SESSION_OPTIONS)
+    onnx = predict_proba(OnnxCore(args.out / signature.onnx_file, signature, threads), test_texts, encoder)
     tolerance = PARITY_TOLERANCE[signature.architecture]
     for name, probs in (("torchscript", restored), ("onnx", onnx)):
         diff = (probs - eager).abs().max().item()
@@ -175,19 +241,30 @@ def main() -> None:
             raise SystemExit(f"{name} export differs from the eager model by {diff:.2e} on the test set (tolerance {tolerance:.0e})")
         log.info("%s parity on %d test texts: max |diff| %.1e", name, len(test_texts), diff)
 
+    runtime, precision = RUNTIMES[signature.architecture]
+    runtime, precision = args.runtime or runtime, args.precision or precision
+    if precision == "int8":
+        runtime = ONNXRUNTIME
+        int8 = OnnxCore(quantize(args.out, signature), signature, threads)
+        signature.quantization = quantization_gate(OnnxCore(args.out / signature.onnx_file, signature, threads),
+                                                   int8, encoder, gate_sets(metrics, args.gate_size))
+    signature.runtime = {"name": runtime, "precision": precision,
+                         "file": {TORCHSCRIPT: signature.model_file, ONNXRUNTIME: INT8_ONNX_FILE if precision == "int8" else signature.onnx_file}[runtime],
+                         **(SESSION_OPTIONS if runtime == ONNXRUNTIME else {})}
+    served = load_core(args.out, signature, torchscript=scripted, threads=threads)
     validation_texts, validation_labels = held_out(metrics, "validation")
-    signature.calibration = fit_calibration(predict_proba(model, validation_texts, encoder).tolist(), validation_labels,
+    signature.calibration = fit_calibration(predict_proba(served, validation_texts, encoder).tolist(), validation_labels,
                                             encoder.lengths(validation_texts))
     log.info("calibration on %d validation texts: %s (cross-validated log loss %s)", len(validation_labels),
              {k: signature.calibration[k] for k in ("method", "slope", "length_slope", "intercept") if k in signature.calibration},
              signature.calibration["cv_log_loss"])
-    signature.reference = reference_distribution(eager.tolist(), test_texts, signature,  # what monitoring compares traffic with
+    signature.reference = reference_distribution(predict_proba(served, test_texts, encoder).tolist(), test_texts, signature,  # what monitoring compares traffic with
                                                  lengths=encoder.lengths(test_texts))
     signature.save(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     test = metrics["test"]
-    log.info("exported %s v%s to %s (%.1f MB): held-out test accuracy %.4f, ROC AUC %.4f (n=%d)",
-             args.name, args.version, args.out, size / 1e6, test["accuracy"], test["roc_auc"], test["size"])
+    log.info("exported %s v%s to %s (%.1f MB; served: %s %s): held-out test accuracy %.4f, ROC AUC %.4f (n=%d)",
+             args.name, args.version, args.out, size / 1e6, runtime, precision, test["accuracy"], test["roc_auc"], test["size"])
 
 
 if __name__ == "__main__":
