@@ -220,7 +220,7 @@ def worker_profile(model_dir: Path, bodies: list[bytes], batch_sizes: list[int],
     totals: dict[str, float] = {}
     for step in ("preprocess", "inference", "postprocess"):
         setattr(handler, step, Timer(totals, step, getattr(handler, step)))
-    handler.model = Timer(totals, "forward", handler.model)
+    handler.core = Timer(totals, "forward", handler.core)
     handler.encoder.batch = Timer(totals, "encode", handler.encoder.batch)
     ts.service.create_predict_response = Timer(totals, "response", ts.service.create_predict_response)
 
