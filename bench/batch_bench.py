@@ -52,8 +52,8 @@ def make_input(path: Path, rows: int = ROWS) -> Path:
 def cli(source: Path) -> dict:
     summary = batch_predict.run(source, source.with_name("cli.parquet"))  # first in this process: includes loading the model
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, str(ROOT / "sentiment/ops/batch_predict.py"), str(source), str(source.with_name("cli.parquet"))],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-m", "sentiment.ops.batch_predict", str(source), str(source.with_name("cli.parquet"))],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
     return {**summary, "wall_s": round(time.perf_counter() - started, 2), "summary_line": run.stdout.strip()}
 
 

@@ -189,3 +189,23 @@ def test_peer_servers_answer_and_leave_no_process(export_dir, tmp_path):
             bad = requests.post(server.url + "/predictions/sentiment", data='{"text": " "}', headers={"Content-Type": "application/json"}, timeout=30)
             assert bad.status_code == 400 and "empty_text" in bad.text
         assert len(pids) > 1 and not [pid for pid in pids if psutil.pid_exists(pid)], server.name
+
+
+def shipped_capacity(version: str) -> float:
+    """The measured capacity the version's queue is derived from: v1's open-loop ramp in `make overload`
+    (bench/results/overload.json, the traffic its targets are judged on), v2's shipped configuration at 32
+    clients on the mix in `make bench VERSION=2` (bench/results/results_v2.json; overload.py runs v1 only)."""
+    if version == "1":
+        return json.loads((ROOT / "bench/results/overload.json").read_text())["servers"]["torchserve"]["capacity_rps"]
+    results = json.loads((ROOT / "bench/results/results_v2.json").read_text())
+    return results["choice"]["capacity_rps_at_32"][results["choice"]["recommended_case"]]
+
+
+@pytest.mark.parametrize("version, config", [("1", "model-config.yaml"), ("2", "model-config-v2.yaml")])
+def test_the_queue_is_the_wait_a_client_accepts_at_measured_capacity(version, config):
+    import yaml
+
+    from common import job_queue_size
+
+    shipped = yaml.safe_load((ROOT / config).read_text())["jobQueueSize"]
+    assert shipped == job_queue_size(shipped_capacity(version)), (version, shipped_capacity(version))

@@ -154,8 +154,8 @@ def test_a_signature_without_calibration_serves_and_is_monitored_as_before(expor
     live = {"predictions": reference["n"], "positive": reference["positive_rate"] * reference["n"], "expected_correct": None,
             "probability": reference["probability"]["counts"], "input_kchars": reference["input_kchars"]["counts"]}
     assert "estimated_accuracy" not in drift.compare(live, reference) and drift.compare(live, reference)["verdict"] == "ok"
-    run = subprocess.run([sys.executable, str(ROOT / "deploy" / "prometheus" / "generate_rules.py"), "--export", str(tmp_path),
-                          "--rules-out", str(tmp_path / "rules"), "--tests-out", ""], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "sentiment.ops.rules", "--export", str(tmp_path),
+                          "--rules-out", str(tmp_path / "rules"), "--tests-out", ""], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "exported before calibration" in run.stderr
     assert "sentiment:reference_estimated_accuracy" not in (tmp_path / "rules" / "reference.rules.yml").read_text()

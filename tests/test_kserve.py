@@ -47,7 +47,7 @@ def manifest() -> dict:
 def layout(export_dir, tmp_path_factory):
     """What `make kserve-layout` builds, from the shipped archive, in a private folder."""
     out = tmp_path_factory.mktemp("kserve") / "layout"
-    subprocess.run([sys.executable, str(ROOT / "deploy" / "kserve" / "build_layout.py"), "--mar", str(MAR), "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "sentiment.ops.kserve_layout", "--mar", str(MAR), "--out", str(out)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -144,7 +144,7 @@ def test_comments_quote_the_shipped_worker_and_batch_settings():
         r"\bbatch(?:es)?(?: size)?(?: of)? (\d+)\b": "batchSize",
         r"\b(\d+) ?ms(?: batch)? delay\b|\bbatch \d+ / (\d+) ?ms\b": "maxBatchDelay",
     }
-    files = [MANIFEST, ROOT / "deploy" / "kserve" / "build_layout.py", ROOT / "config.properties"]
+    files = [MANIFEST, ROOT / "sentiment" / "ops" / "kserve_layout.py", ROOT / "config.properties"]
     wrong = []
     for path in files:
         for number, line in enumerate(path.read_text().splitlines(), 1):

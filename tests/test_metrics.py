@@ -120,7 +120,7 @@ def test_split():
 def test_evaluate_scores_the_served_model_as_the_exported_core_scores(server, export_dir, signature, encoder,
                                                                              test_split, tmp_path):
     out = tmp_path / "served.json"
-    run = subprocess.run([sys.executable, "sentiment/ops/evaluate.py", "--url", server.inference, "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "sentiment.ops.evaluate", "--url", server.inference, "--out", str(out)],
                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     printed = json.loads(run.stdout)
     assert json.loads(out.read_text()) == printed

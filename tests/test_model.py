@@ -1,4 +1,4 @@
-"""model_def.py: shapes, batching invariance and the naive-Bayes feature scale."""
+"""sentiment/serving/core.py: shapes, batching invariance and the naive-Bayes feature scale."""
 
 import math
 

@@ -141,9 +141,9 @@ def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
     exports = [ROOT / Path(source).parent for source in sources]
     assert export_dir in exports, f"the committed reference rules do not hold v1's reference: {sources}"
     built = [folder for folder in exports if (folder / "signature.json").exists()]
-    run = subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), *[a for f in built for a in ("--export", str(f))],
+    run = subprocess.run([sys.executable, "-m", "sentiment.ops.rules", *[a for f in built for a in ("--export", str(f))],
                           "--rules-out", str(tmp_path / "rules"), "--tests-out", str(tmp_path / "tests")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
 
     def constants(document: dict) -> dict:
@@ -163,9 +163,9 @@ def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
 
     for generated in ("rules/drift.rules.yml", "rules/latency.rules.yml", "tests/latency.test.yml"):
         assert load(PROMETHEUS_DIR / generated) == load(tmp_path / generated), \
-            f"deploy/prometheus/{generated} differs from what generate_rules.py writes: `make rules`"
+            f"deploy/prometheus/{generated} differs from what sentiment/ops/rules.py writes: `make rules`"
     run = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / "drift.test.yml")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -303,9 +303,9 @@ def fast_config(ts: LocalTorchServe, rules: Path) -> dict:
 
 
 def generate_rules(export_dir: Path, rules: Path, window: str) -> None:
-    subprocess.run([sys.executable, str(PROMETHEUS_DIR / "generate_rules.py"), "--export", str(export_dir),
+    subprocess.run([sys.executable, "-m", "sentiment.ops.rules", "--export", str(export_dir),
                     "--window", window, "--for", DEMO_FOR, "--rules-out", str(rules), "--tests-out", ""],
-                   check=True, capture_output=True, timeout=120)
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
 
 
 class Traffic(threading.Thread):

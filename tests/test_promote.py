@@ -82,6 +82,14 @@ def archive(folder: Path, train_args: str) -> Path:
     return folder / f"sentiment_v{CANDIDATE}.mar"
 
 
+def package_folder(unpacked: Path) -> Path:
+    """A folder holding the archive's sentiment package: --extra-files copies a folder's contents to the archive's root."""
+    staged = unpacked.parent / "package"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(unpacked / "sentiment", staged / "sentiment")
+    return staged
+
+
 def repack(mar: Path, folder: Path, handler: Path | None = None) -> Path:
     """The same model as version 3: its signature's version rewritten; with `handler`, that handler instead."""
     unpacked = extract(mar, folder / "unpacked")
@@ -90,6 +98,7 @@ def repack(mar: Path, folder: Path, handler: Path | None = None) -> Path:
     (unpacked / "signature.json").write_text(json.dumps({**signature, "version": CANDIDATE}))
     packed = (manifest["serializedFile"], manifest["configFile"]) + (() if handler else (manifest["handler"],))
     extra = sorted(str(f) for f in unpacked.iterdir() if f.is_file() and f.name not in packed)
+    extra.append(str(package_folder(unpacked)))
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--force", "--model-name", "sentiment",
                     "--version", CANDIDATE, "--serialized-file", str(unpacked / manifest["serializedFile"]),
                     "--handler", str(handler or unpacked / manifest["handler"]), "--config-file", str(unpacked / manifest["configFile"]),
@@ -135,10 +144,10 @@ def stack(export_dir, tmp_path_factory):
     try:
         ts.start()
         scrape = ts.metrics.removeprefix("http://")
-        subprocess.run([sys.executable, str(ROOT / "deploy" / "prometheus" / "generate_rules.py"), "--server", ts.management,
+        subprocess.run([sys.executable, "-m", "sentiment.ops.rules", "--server", ts.management,
                         "--model-store", str(store), "--window", WINDOW, "--for", FOR, "--rules-out", str(home / "rules"),
                         "--tests-out", "", "--config-out", str(home / "prometheus.yml"), "--scrape", scrape],
-                       check=True, capture_output=True, timeout=120)
+                       check=True, capture_output=True, timeout=120, cwd=ROOT)
         config = yaml.safe_load((home / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         prometheus = Prometheus(config, home).start()
@@ -353,7 +362,7 @@ def test_make_promote_runs_the_gate_after_make_monitor():
     run = subprocess.run(["make", "-n", "promote", "CANDIDATE=3", "FRESH=fresh.csv", "BAKE=30", "PROMETHEUS_PORT=19090"],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "generate_rules.py --server" in run.stdout  # make monitor first: Prometheus up, its rules those of the served versions
+    assert "sentiment.ops.rules --server" in run.stdout  # make monitor first: Prometheus up, its rules those of the served versions
     assert "sentiment/ops/promote.py --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
     assert "--prometheus http://127.0.0.1:19090" in run.stdout and "--web.listen-address=127.0.0.1:19090" in run.stdout
 
@@ -432,7 +441,7 @@ def test_sigterm_mid_bake_rolls_back_and_a_kill_9_is_undone_by_the_rerun(candida
     registered, and the next run undoes that first, then runs the gate anew."""
     ts, records = stack["ts"], tmp_path / "promotions"
     shutil.copyfile(candidates["better"], stack["store"] / f"sentiment_v{CANDIDATE}.mar")
-    argv = [sys.executable, str(ROOT / "sentiment/ops/promote.py"), *gate_argv(stack, data, records, "--bake", "60")]
+    argv = [sys.executable, "-m", "sentiment.ops.promote", *gate_argv(stack, data, records, "--bake", "60")]
     with Clients(ts, [text for text, _ in data["rows"]]) as clients:
         run = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_phase(records / "state.json", "baking", run)

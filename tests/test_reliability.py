@@ -67,6 +67,9 @@ def store(export_dir, tmp_path_factory) -> Path:
     config_file = folder.parent / "fault-config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     extra = sorted(f for f in shipped.iterdir() if f.is_file() and f.name not in (manifest["serializedFile"], manifest["configFile"]))
+    package = folder.parent / "package"  # --extra-files copies a folder's contents to the archive's root
+    shutil.copytree(shipped / "sentiment", package / "sentiment")
+    extra.append(package)
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--force", "--model-name", FAULT_MODEL,
                     "--version", "1", "--serialized-file", str(shipped / manifest["serializedFile"]),
                     "--handler", str(Path(__file__).with_name("fault_handler.py")), "--config-file", str(config_file),

@@ -102,7 +102,7 @@ RETAINED_WORKERS = 1  # D's workers after a promotion: its versioned clients and
 # TorchServe 0.12 scales down at once, failing a batch in flight on the removed worker ("Worker died.", #1101):
 # D is scaled down this long after the switch, once the requests the old default route queued for it are answered.
 DRAIN_SECONDS = 2.0
-RULES_WINDOW, RULES_FOR = "30m", "10m"  # those of `make monitor`'s rules (generate_rules.py's defaults)
+RULES_WINDOW, RULES_FOR = "30m", "10m"  # those of `make monitor`'s rules (sentiment/ops/rules.py's defaults)
 SCRAPE_TIMEOUT = 35  # s for a Prometheus just started to scrape TorchServe (every 15 s by default)
 RELOAD_TIMEOUT = 90  # s for Prometheus to evaluate reloaded rules (every 15 s by default)
 PROM_HOME = ROOT / "logs" / "prometheus"  # `make monitor`'s: rules/, prometheus.pid

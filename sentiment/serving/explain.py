@@ -116,7 +116,7 @@ class NbsvmExplainer:
         return Explanation(self.base, logit, words, self.method)
 
     def probe(self) -> tuple["NbsvmExplainer", int]:
-        """What worst_case.measure_cost times, and by what it multiplies that: itself, once."""
+        """What cost.measure_cost times, and by what it multiplies that: itself, once."""
         return self, 1
 
 
@@ -166,7 +166,7 @@ class IntegratedGradientsExplainer:
         return Explanation(base, logit, words_of(pieces, attributions), self.method)
 
     def probe(self) -> tuple["IntegratedGradientsExplainer", int]:
-        """What worst_case.measure_cost times, and by what it multiplies that: the explanation with one
+        """What cost.measure_cost times, and by what it multiplies that: the explanation with one
         pass of MAX_ROWS path points (the text's and the baseline's forward pass, then one forward and
         backward pass of MAX_ROWS rows) x the passes of `steps` points, an upper bound on this one (which
         does that forward once): a one-point probe x steps overestimated it fourfold (a pass of 16 rows

@@ -78,7 +78,7 @@ def parse_request(body, content_type: str | None, signature: Signature, explain:
 def answer_chars(text: str) -> int:
     """The characters of the words an explanation of `text` lists, as the model reads them: normalised
     ("…" reads as "...", three words), so more than `len(text)` where HTML entities or compatibility forms
-    expand. Each word costs the answer a record and each character up to a 7-byte escape (ts_properties);
+    expand. Each word costs the answer a record and each character up to a 7-byte escape (properties);
     v2 lists at most max_length - 2 words (of word pieces) a text, and max_explain_texts (2) texts: far less."""
     return sum(map(len, tokenize(text)))
 

@@ -50,17 +50,17 @@ class Signature:
     labels: tuple = ("negative", "positive")
     threshold: float = 0.5
     # The limits and cost model, in one place: export writes them here (per version: LIMITS), the handler,
-    # batch_predict, ts_properties (config.properties' sizes) and docs/api.md read them back.
+    # batch_predict, properties (config.properties' sizes) and docs/api.md read them back.
     max_chars: int = MAX_CHARS  # per text, as sent and once normalised
     max_texts: int = 64  # per prediction request in {"texts": [...]} or a KServe v2 input
     max_explain_texts: int = 64  # per explanation request
     # The characters of the words an explanation request's answer lists, all its texts together: the tokens
     # the model reads after normalisation (explain.answer_chars), not the characters sent ("…" reads as "...",
-    # three words). A word has at least one character, so this bounds the answer (ts_properties.max_response_bytes).
+    # three words). A word has at least one character, so this bounds the answer (properties.max_response_bytes).
     max_explain_chars: int = 40_000
     # A text costs its share of the costliest admissible text (sentiment/serving/cost.py) in proportion to its normalised
     # length, up to all of it from `full_cost_chars` on (v1: max_chars; v2: max_length tokens). The seconds are
-    # measured by each worker at start, on its host (worst_case.measure_cost), not shipped in the archive.
+    # measured by each worker at start, on its host (cost.measure_cost), not shipped in the archive.
     full_cost_chars: int = MAX_CHARS
     model_file: str = MODEL_FILE
     onnx_file: str = ONNX_FILE

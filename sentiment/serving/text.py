@@ -181,7 +181,7 @@ class Encoder:
     most of the encoding time. The ids are those of `features(text)` that the vocabulary knows, in
     the same order; unknown features are dropped (an empty bag scores the bias)."""
 
-    max_batch = 1 << 16  # texts per forward pass in model_def.predict_proba: a bag costs the core next to nothing
+    max_batch = 1 << 16  # texts per forward pass in core.predict_proba: a bag costs the core next to nothing
 
     def __init__(self, index: dict[str, int], features: Features):
         self.index, self.features = index, features

@@ -9,7 +9,7 @@ hash of the text) and same test sets as v1, so the numbers compare. What fits in
 (~30 tokens each, cheap) and IMDB_SIZE long training reviews once (256 tokens each, head + tail: ~80 %
 of the time), in one shuffled stream under one learning-rate schedule. Starts from all-MiniLM-L6-v2
 (sentiment/training/pretrained.py fetches and verifies it), adds mean pooling and a linear head
-(model_def.TransformerClassifier), and fine-tunes everything with AdamW, a linear warm-up and decay.
+(core.TransformerClassifier), and fine-tunes everything with AdamW, a linear warm-up and decay.
 Validation accuracy is measured a few times an epoch; the best state is kept.
 """
 
@@ -46,7 +46,7 @@ WARMUP_FRACTION = 0.06
 EVALS = 6  # validation scores during the run; the best state is kept
 THREADS = 2  # both cores: training has the machine to itself
 
-log = logging.getLogger("train_transformer")
+log = logging.getLogger("transformer")
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
