@@ -3,7 +3,7 @@
     .venv/bin/python scripts/calibration.py                          # build/v1/export -> bench/results/calibration.json, .png
     .venv/bin/python scripts/calibration.py --artifact build/v2/export   # -> calibration_v2.json, .png
 
-Everything is scored as served: the exported TorchScript core, its featuriser, then payload.labelled
+Everything is scored as served: the core the signature serves (runtime.load_core), its featuriser, then payload.labelled
 (the signature's calibration, 6 decimals, the threshold). "Before" is the core's own sigmoid(logit).
 
 - The map: export.py fits it on the validation split (rt-polarity's snippets and, for a model trained on
@@ -51,8 +51,8 @@ from sentiment.serving.payload import labelled  # noqa: E402
 from scripts.long_reviews import long_reviews  # noqa: E402
 from sentiment.serving.signature import Signature, load_encoder  # noqa: E402
 from sentiment.serving.text import token_spans, tokenize  # noqa: E402
-from sentiment.data import held_out, load_dataset, load_imdb
-from sentiment.data import split  # noqa: E402
+from sentiment.data import held_out, load_dataset, load_imdb, split  # noqa: E402
+from sentiment.serving.runtime import load_core  # noqa: E402
 
 BINS = 10  # equal-width bins of P(positive) for the ECE and the diagram
 FLOOR_DRAWS = 2000  # label draws for the ECE of a perfectly calibrated model
@@ -199,7 +199,7 @@ def main() -> None:
     signature = Signature.load(args.artifact)
     if not signature.calibration:
         raise SystemExit(f"{args.artifact}: the signature has no calibration: re-export it (make export)")
-    core, encoder = torch.jit.load(str(args.artifact / signature.model_file)).eval(), load_encoder(args.artifact, signature)
+    core, encoder = load_core(args.artifact, signature, threads=2), load_encoder(args.artifact, signature)  # the served core (runtime.py)
     texts, labels, md5 = load_dataset()
     if md5 != signature.data_md5:
         raise SystemExit(f"the data differ from the data {args.artifact} was trained on (md5): retrain and export")

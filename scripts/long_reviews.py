@@ -4,8 +4,8 @@
     .venv/bin/python scripts/long_reviews.py --export build/test-v2/export --size 40 --allow-dirty   # a quick check
 
 A fixed sample (SEED) of IMDB validation reviews, which training never sees (`data.is_imdb_validation`: a hash of
-the text; IMDB test is not read, so the choice is not fitted to it), is scored by the exported TorchScript core on
-one torch thread, as a served worker runs it (model-config-v2.yaml). The strategies, each at 128, 256 and 512 tokens:
+the text; IMDB test is not read, so the choice is not fitted to it), is scored by the served core (runtime.load_core: v2's int8 ONNX Runtime core) on
+one thread, as a served worker runs it (model-config-v2.yaml). The strategies, each at 128, 256 and 512 tokens:
 head only, tail only, and head + tail (the signature's head share of the budget from the start, the rest from the
 end: the served `WordPieceEncoder`); and overlapping windows of WINDOW tokens every STRIDE over the whole review,
 their logits pooled by the mean or by the largest |logit| (the surest window's logit, sign kept). Cost: wall time
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.provenance import RESULTS, Provenance  # noqa: E402
 from scripts import need  # noqa: E402
 from sentiment.data import is_imdb_validation, load_imdb  # noqa: E402
+from sentiment.serving.runtime import load_core  # noqa: E402
 from sentiment.serving.signature import Signature  # noqa: E402
 from sentiment.serving.text import WordPieceEncoder  # noqa: E402
 
@@ -39,7 +40,7 @@ SEED = 1  # a draw of its own: training picked its checkpoint on the first 600 o
 BUDGETS = (128, 256, 512)  # tokens, [CLS] and [SEP] included; 512 is the encoder's last position
 WINDOW, STRIDE = 256, 192  # tokens a window, [CLS] and [SEP] included, and word pieces between window starts
 BATCH = 8  # model-config-v2.yaml's batchSize: reviews a TorchServe batch, and windows a forward pass
-WARMUP = 2  # batches scored untimed per strategy first: a TorchScript core's first passes run its profiling executor
+WARMUP = 2  # batches scored untimed per strategy first: a core's first passes allocate and (TorchScript) profile
 MIN_GAIN = 0.005  # accuracy a costlier strategy must add over the served one (issue 25: half a point)
 
 
@@ -175,7 +176,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     signature = Signature.load(args.export)
-    core = torch.jit.load(str(args.export / signature.model_file)).eval()
+    core = load_core(args.export, signature)  # the served core (runtime.py: v2's int8 ONNX Runtime core), one thread
     tokenizer = args.export / signature.tokenizer_file
     texts, labels, md5 = sample(args.size)
     if signature.metrics.get("imdb_md5", md5) != md5:

@@ -141,12 +141,12 @@ def full_v2_is_built() -> bool:
 
 def test_make_serve_version_2_serves_v2_by_default_and_v1_beside_it(tmp_path, export_dir):
     """With the full transformer when it is built; otherwise the tests' quick one (tests/quick_v2.py: the
-    same pipeline cut to a few steps) through the Makefile's BUILD, STORE and TRAIN_ARGS."""
+    same pipeline cut to a few steps) through the Makefile's BUILD, STORE, TRAIN_ARGS and EXPORT_ARGS."""
     if full_v2_is_built():
         args = ["VERSION=2"]
     else:
         quick_v2.build()
-        args = ["VERSION=2", f"BUILD={quick_v2.BUILD}", f"STORE={quick_v2.STORE}", f"TRAIN_ARGS={quick_v2.TRAIN_ARGS}"]
+        args = ["VERSION=2", f"BUILD={quick_v2.BUILD}", f"STORE={quick_v2.STORE}", f"TRAIN_ARGS={quick_v2.TRAIN_ARGS}", f"EXPORT_ARGS={quick_v2.EXPORT_ARGS}"]
     one_review = README_CURLS[0]
     with make_serve(tmp_path, *args) as server:
         default = server.curl(one_review)

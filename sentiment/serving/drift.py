@@ -89,20 +89,14 @@ def bin_counts(values: list[float], le: tuple[float, ...]) -> list[int]:
 
 
 def reference_distribution(probabilities: list[float], texts: list[str], signature: Signature,
-                           labels: list[int] | None = None, lengths: list[int] | None = None) -> dict:
+                           lengths: list[int] | None = None) -> dict:
     """The test split as the served model sees it, in the served histograms' bins: probabilities
     (rounded and labelled as the handler answers them), the positive rate, input lengths in
-    thousands of characters; with the true `labels` (1 positive), the probability bins per class. `lengths`:
-    encoder.lengths(texts), where the calibration reads them."""
+    thousands of characters. `lengths`: encoder.lengths(texts), where the calibration reads them."""
     rounded, predicted = labelled([float(p) for p in probabilities], signature, lengths)
     kchars = [len(text) / 1000 for text in texts]
     n = len(rounded)
     probability = {"le": [le_label(b) for b in PROBABILITY_LE], "counts": bin_counts(rounded, PROBABILITY_LE)}
-    if labels is not None:
-        probability["counts_by_label"] = {
-            name: bin_counts([p for p, y in zip(rounded, labels) if y == value], PROBABILITY_LE)
-            for value, name in enumerate(signature.labels)
-        }
     confidence = confidences(rounded)
     mean_confidence = sum(confidence) / n
     return {
