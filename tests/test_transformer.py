@@ -12,9 +12,8 @@ from sentiment.training import pretrained
 import quick_v2
 from sentiment.serving.runtime import OnnxCore
 from sentiment.training.export import held_out_texts, load_checkpoint
-from sentiment.ops.torchserve import LocalTorchServe
 from sentiment.serving.core import TransformerClassifier, TransformerConfig, load_pretrained_encoder, predict_proba
-from sentiment.serving.signature import BATCH_TOLERANCE, MAX_CHARS, TRANSFORMER, Signature, load_encoder
+from sentiment.serving.signature import MAX_CHARS, TRANSFORMER, Signature, load_encoder
 from sentiment.serving.text import WordPieceEncoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -188,9 +187,8 @@ def test_torchscript_and_onnx_agree_with_eager_on_test_texts(store, v2_signature
 
 
 @pytest.fixture(scope="module")
-def both(store):
-    with LocalTorchServe(store, models="sentiment.mar,sentiment_v2.mar") as ts:
-        yield ts
+def both(both_versions):
+    return both_versions
 
 
 def predict(ts, body, version: str, **kwargs) -> requests.Response:
@@ -208,9 +206,9 @@ def test_v1_and_v2_answer_side_by_side(both):
 
 
 def test_v2_batch_equals_singles_and_every_form_works(both, v2_signature):
-    """Within BATCH_TOLERANCE of the served precision: the int8 core's activation scales are per forward pass."""
+    """Within the signature's batch_tolerance: the int8 core's activation scales are per forward pass."""
     texts = [POSITIVE, NEGATIVE, "ok"]
-    tolerance = BATCH_TOLERANCE[v2_signature.runtime["precision"]]
+    tolerance = v2_signature.batch_tolerance
     batch = [p["probability"] for p in predict(both, {"texts": texts}, "2").json()["predictions"]]
     singles = [predict(both, {"text": t}, "2").json()["probability"] for t in texts]
     plain = predict(both, None, "2", data=texts[0].encode(), headers={"Content-Type": "text/plain"}).json()

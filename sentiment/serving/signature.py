@@ -17,11 +17,6 @@ VOCAB_FILE = "vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
 NBSVM, TRANSFORMER = "nbsvm", "transformer"  # Signature.architecture: v1, v2
 TORCHSCRIPT, ONNXRUNTIME = "torchscript", "onnxruntime"  # Signature.runtime["name"]: what runs the served core (runtime.py)
-# How far a text's served probability may move with the texts batched beside it. A float32 core: rounding only.
-# The int8 core quantizes activations with one scale per forward pass (dynamic quantization), so a text's answer
-# depends a little on its batch-mates: export measures it (Signature.quantization["max_batch_difference"]) and
-# refuses an int8 core past this bound; static scales, which would not depend on them, cost accuracy (docs/models.md).
-BATCH_TOLERANCE = {"fp32": 2e-6, "int8": 0.05}
 # Texts a request may hold, per version, written into the signature by export.py. v2's are few: with 2
 # workers on 2 cores its forward pass costs ~55 ms a text of max_length tokens and an explanation STEPS + 2
 # passes, and a batch (model-config-v2.yaml: batchSize 8) must end well within its responseTimeout.
@@ -99,6 +94,17 @@ class Signature:
     def reads_lengths(self) -> bool:
         """Whether the calibration reads each text's length (encoder.lengths) besides its probability."""
         return bool(self.calibration and self.calibration.get("length_slope"))
+
+    @property
+    def batch_tolerance(self) -> float:
+        """How far a text's served probability may move with the texts batched beside it. A float32 core: by
+        rounding only. The int8 core quantizes activations with one scale per forward pass (dynamic quantization),
+        so a text's answer depends on its batch-mates: export refuses an int8 core whose answers move more with
+        them than quantization itself moves them from the float32 core's (quantization["max_batch_difference"]
+        against ["max_abs_probability_difference"]), and that is the bound."""
+        if self.runtime["precision"] == "int8":
+            return self.quantization["max_abs_probability_difference"]
+        return 2e-6
 
     @property
     def explained_core(self) -> dict:

@@ -32,7 +32,7 @@ from sentiment.serving.drift import reference_distribution
 from sentiment.serving.core import ModelConfig, SentimentClassifier, TransformerClassifier, TransformerConfig, predict_proba
 from sentiment.serving.payload import labelled
 from sentiment.serving.runtime import OnnxCore, load_core
-from sentiment.serving.signature import (BATCH_TOLERANCE, CALIBRATION_CLIP, INT8_ONNX_FILE, LIMITS, MODEL_NAME, NBSVM, ONNXRUNTIME, TOKENIZER_FILE, TORCHSCRIPT,
+from sentiment.serving.signature import (CALIBRATION_CLIP, INT8_ONNX_FILE, LIMITS, MODEL_NAME, NBSVM, ONNXRUNTIME, TOKENIZER_FILE, TORCHSCRIPT,
                                          TRANSFORMER, TRANSFORMER_INPUTS, Signature, load_encoder)
 from sentiment.serving.text import Features
 from sentiment.data import SPLIT_SEED, held_out, load_imdb
@@ -130,9 +130,9 @@ def quantization_gate(fp32, int8, encoder, sets: dict) -> dict:
         log.info("int8 gate on %s (n=%d): accuracy %.4f -> %.4f, AUC %.4f -> %.4f, max |dP| %.4f", name, len(labels),
                  scores["fp32"]["accuracy"], scores["int8"]["accuracy"], scores["fp32"]["roc_auc"], scores["int8"]["roc_auc"], difference)
     record["max_batch_difference"] = batch_difference(int8, encoder, [t for texts, _ in sets.values() for t in texts[:BATCH_PROBE]])
-    if record["max_batch_difference"] > BATCH_TOLERANCE["int8"]:
-        raise SystemExit(f"int8 core refused: a text's probability moves {record['max_batch_difference']:.4f} with its batch-mates "
-                         f"(BATCH_TOLERANCE {BATCH_TOLERANCE['int8']})")
+    if record["max_batch_difference"] > record["max_abs_probability_difference"]:
+        raise SystemExit(f"int8 core refused: a text's probability moves {record['max_batch_difference']:.4f} with its batch-mates, "
+                         f"more than quantization moves it ({record['max_abs_probability_difference']:.4f}; Signature.batch_tolerance)")
     log.info("int8 core: a text's probability moves at most %.4f with its batch-mates (%d texts, batches of %d)",
              record["max_batch_difference"], 2 * BATCH_PROBE, BATCH_PROBE // 4)
     return record
