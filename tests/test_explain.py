@@ -31,7 +31,7 @@ from sentiment.serving.handler import SentimentHandler
 from sentiment.ops.torchserve import LocalTorchServe
 from sentiment.serving.core import predict_proba
 from sentiment.serving.runtime import load_core
-from sentiment.serving.signature import BATCH_TOLERANCE, LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
+from sentiment.serving.signature import LIMITS, MAX_CHARS, NBSVM, TRANSFORMER, Signature, load_encoder
 from sentiment.serving.text import normalize, token_spans, tokenize
 from sentiment.data import load_dataset, load_imdb
 from bench import worker_message
@@ -515,7 +515,7 @@ def test_v2_explanation_says_which_core_it_explains(served):
     int8 = predict_proba(load_core(quick_v2.EXPORT, signature), [POSITIVE], encoder).item()
     assert signature.calibrate(int8, encoder.lengths([POSITIVE])[0]) == pytest.approx(answer["probability"], abs=1e-6)
     fp32 = 1 / (1 + math.exp(-answer["logit"]))
-    assert abs(fp32 - int8) <= signature.quantization["max_abs_probability_difference"] + BATCH_TOLERANCE["int8"], (fp32, int8)
+    assert abs(fp32 - int8) <= signature.quantization["max_abs_probability_difference"] + signature.batch_tolerance, (fp32, int8)
     v1 = post(served, "/explanations/sentiment/1", {"text": POSITIVE}).json()
     assert "explained_core" not in v1  # v1 serves the core it explains
 
