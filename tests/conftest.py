@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import quick_v2  # noqa: E402
 from sentiment.ops.torchserve import LocalTorchServe, server_processes  # noqa: E402
 from sentiment.serving.signature import Signature, load_vocab_index  # noqa: E402
 from sentiment.serving.text import Encoder  # noqa: E402
@@ -103,6 +104,14 @@ def encoder(vocab_index, signature) -> Encoder:
 def server(export_dir):
     """One TorchServe with the shipped archive, shared by the integration tests that leave it as they found it."""
     with LocalTorchServe(MODEL_STORE) as ts:
+        yield ts
+
+
+@pytest.fixture(scope="session")
+def both_versions():
+    """One TorchServe with v1 (the default) and the quick v2 (tests/quick_v2.py), shared by the tests that leave it
+    as they found it (default version, workers): each start is a JVM's and four workers' (10-20 s of the 2 cores)."""
+    with LocalTorchServe(quick_v2.build(), models="sentiment.mar,sentiment_v2.mar") as ts:
         yield ts
 
 
