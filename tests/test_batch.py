@@ -288,9 +288,12 @@ def test_endpoint_scores_with_the_served_versions_signature_and_limits(v2_defaul
     batch_predict.main([str(source), str(tmp_path / "remote.parquet"), "--endpoint", url])
     run(source, tmp_path / "local.parquet", artifact=artifact)
     remote, local = pd.read_parquet(tmp_path / "remote.parquet"), pd.read_parquet(tmp_path / "local.parquet")
-    # both round to 6 decimals; v2's float32 logits move by ~1e-7 with what else is in a forward pass: one rounding step
-    assert (remote["probability"] - local["probability"]).abs().max() <= 1e-6 + 1e-12
-    assert remote["label"].tolist() == local["label"].tolist()
+    # both round to 6 decimals; a float32 core's logits move by ~1e-7 with what else is in a forward pass (one rounding
+    # step), v2's int8 core's by up to its batch_tolerance (activations scaled per pass): labels agree away from the threshold
+    tolerance = max(1e-6 + 1e-12, signature.batch_tolerance)
+    assert (remote["probability"] - local["probability"]).abs().max() <= tolerance
+    sure = (local["probability"] - signature.threshold).abs() > tolerance
+    assert sure.sum() > len(texts) / 2 and remote["label"][sure].tolist() == local["label"][sure].tolist()
     assert remote["error"].fillna("").tolist() == local["error"].fillna("").tolist()
     predictions = [n for u, n in sent if "/predictions/" in u]
     assert max(predictions) == signature.max_texts and sum(predictions) >= len(texts)  # requests of the served version's size

@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from sentiment.serving.core import predict_proba
-from sentiment.serving.runtime import load_core, load_torchscript
+from sentiment.serving import runtime
 from sentiment.serving.payload import BadRequest, answer_chars, check_text, labelled
 from sentiment.serving.signature import SIGNATURE_FILE, Signature, load_encoder
 
@@ -77,7 +77,7 @@ class Core:
         self.signature = Signature.load(artifact)
         self.encoder = load_encoder(artifact, self.signature)
         self.artifact = artifact
-        self.core = load_core(artifact, self.signature)
+        self.core = runtime.load_core(artifact, self.signature)
         self.explainer = None
 
     def __call__(self, texts: list[str]) -> list[float]:
@@ -92,7 +92,7 @@ class Core:
         if self.explainer is None:
             from sentiment.serving.explain import explainer_for  # only --explain needs it (Spark workers ship without it)
 
-            self.explainer = explainer_for(load_torchscript(self.artifact, self.signature), self.encoder, self.signature)
+            self.explainer = explainer_for(runtime.load_torchscript(self.artifact, self.signature), self.encoder, self.signature)
         return [self.explainer(text).as_dict()["tokens"] for text in texts]
 
 
