@@ -3,14 +3,15 @@
     python -m sentiment.training.transformer --out build/v2            # `make train VERSION=2`: under 60 min on 2 CPU cores (bench/results/models.json)
     python -m sentiment.training.transformer --out /tmp/v2 --max-steps 40 --eval-size 200 --imdb-size 100   # a quick build for tests
 
-Same data, same split (train.subsets: fixed SPLIT_SEED, IMDB validation and fresh labels held out by a
+Same data, same split (data.subsets: fixed SPLIT_SEED, IMDB validation and fresh labels held out by a
 hash of the text) and same test sets as v1, so the numbers compare. What fits in an hour on 2 cores
-(~1,800 training tokens a second at 256 tokens): every rt-polarity training snippet SNIPPET_EPOCHS times
+(1,234 training tokens a second measured with other work on the cores: 46 min): every rt-polarity training snippet SNIPPET_EPOCHS times
 (~30 tokens each, cheap) and IMDB_SIZE long training reviews once (256 tokens each, head + tail: ~80 %
 of the time), in one shuffled stream under one learning-rate schedule. Starts from all-MiniLM-L6-v2
 (sentiment/training/pretrained.py fetches and verifies it), adds mean pooling and a linear head
 (core.TransformerClassifier), and fine-tunes everything with AdamW, a linear warm-up and decay.
-Validation accuracy is measured a few times an epoch; the best state is kept.
+Validation accuracy (rt-polarity's, and IMDB_EVAL_SIZE of IMDB's) is measured EVALS times; the state with
+the best mean of the two is kept.
 """
 
 import argparse
@@ -37,7 +38,7 @@ from sentiment.training.nbsvm import evaluate, fresh_metrics
 MAX_LENGTH = 256  # tokens per text when served, [CLS] and [SEP] included; every rt-polarity snippet fits
 HEAD_TOKENS = 64  # of a longer review, the first 64 tokens and the last 190 (see text.WordPieceEncoder)
 SNIPPET_EPOCHS = 3  # the rt-polarity-only v2 was best after 2.3 epochs (623 of 801 steps)
-IMDB_SIZE = 12_000  # IMDB training reviews (of ~21,500), the first in a SPLIT_SEED shuffle: one pass, ~35 min
+IMDB_SIZE = 12_000  # IMDB training reviews (of ~21,500), the first in a SPLIT_SEED shuffle: one pass, ~4/5 of the time
 IMDB_EVAL_SIZE = 600  # IMDB validation reviews scored at each evaluation during training (all of them at the end)
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-4  # a small (22M) model fine-tunes best somewhat above BERT-base's usual 2e-5..5e-5
