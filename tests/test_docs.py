@@ -196,7 +196,7 @@ def test_the_walk_leaves_the_clone_clean_and_stopped(walk):
 def test_spark_stays_on_loopback_and_never_replaces_a_file(walk):
     """Issue 29.6: batch.md's Spark command logs no move off loopback; aimed at `make batch`'s scored.parquet it refuses."""
     clone, _, steps = walk
-    (spark,) = [s for s in ran(steps) if "sentiment/ops/spark_predict.py" in s.command]
+    (spark,) = [s for s in ran(steps) if "sentiment.ops.spark_predict" in s.command]
     assert "loopback" not in spark.stderr and (clone.root / "scored-spark.parquet" / "_SUCCESS").exists(), spark.stderr[-2000:]
     before = (clone.root / "scored.parquet").read_bytes()
     refused = clone.run(".venv/bin/python -m sentiment.ops.spark_predict samples/reviews.csv scored.parquet")

@@ -226,7 +226,7 @@ def test_drift_report_says_when_prometheus_is_down(export_dir, capsys):
 
 
 def test_drift_report_says_when_prometheus_is_not_installed(export_dir, capsys, monkeypatch):
-    monkeypatch.setattr(drift_report.shutil, "which", lambda name: None)
+    monkeypatch.setattr(prometheus.shutil, "which", lambda name: None)  # the Prometheus client asks
     code = drift_report.main(["--prometheus", f"http://127.0.0.1:{free_port()}", "--export", str(export_dir)])
     assert code == 2
     assert "Prometheus is not installed" in capsys.readouterr().err

@@ -34,7 +34,7 @@ import requests
 import yaml
 
 from sentiment.ops import promote
-from sentiment import data
+from sentiment import data as corpus  # `data` is the fixture below
 from sentiment.training import nbsvm
 from bench.archive import extract
 from fault_handler import EXIT_MARKER, SLEEP_MARKER
@@ -60,8 +60,8 @@ def fresh_labels() -> list[tuple[str, int]]:
     rng = random.Random(19)
     new = [(t.format(s=s, a=a, w=w), label) for label, words in NEW_WORDS.items() for w in words
            for s in SUBJECTS for t in TEMPLATES for a in ADVERBS]
-    texts, labels, _ = data.load_dataset()
-    validation = data.split(len(texts))["validation"]
+    texts, labels, _ = corpus.load_dataset()
+    validation = corpus.split(len(texts))["validation"]
     rows = rng.sample(new, 600) + [(texts[i], labels[i]) for i in rng.sample(validation, 600)]
     rng.shuffle(rows)
     return rows
@@ -363,7 +363,7 @@ def test_make_promote_runs_the_gate_after_make_monitor():
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "sentiment.ops.rules --server" in run.stdout  # make monitor first: Prometheus up, its rules those of the served versions
-    assert "sentiment/ops/promote.py --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
+    assert "-m sentiment.ops.promote --candidate 3 " in run.stdout and "--fresh fresh.csv" in run.stdout and "--bake 30" in run.stdout
     assert "--prometheus http://127.0.0.1:19090" in run.stdout and "--web.listen-address=127.0.0.1:19090" in run.stdout
 
 

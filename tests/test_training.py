@@ -415,7 +415,7 @@ def test_v2_fine_tuning_never_trains_on_held_out_fresh_labels(small):
     encoder = Recording(pretrained.DEFAULT_DIR / pretrained.TOKENIZER_FILE, transformer.MAX_LENGTH, transformer.HEAD_TOKENS)
     texts, labels = small[0][:200], small[1][:200]
     fresh = fresh_reviews(60)
-    _, _, metrics = transformer.train(texts, labels, encoder, load_file(str(pretrained.verify())), seed=1, epochs=1,
+    _, _, metrics = transformer.train(texts, labels, encoder, load_file(str(pretrained.verify())), seed=1, imdb=None, imdb_size=0,
                                             max_steps=2, eval_size=8, fresh=fresh)
     trained = set(tokenised[0])
     assert trained == set(data.subsets(texts, labels, fresh)["train"][0])
