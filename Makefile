@@ -182,7 +182,7 @@ status: ## describe the model and its workers
 TEST_WORKERS ?= 3
 test: install-dev archive prometheus ## run the whole test suite (unit + integration against a real TorchServe), in TEST_WORKERS (3) processes; prints the 15 slowest tests
 	$(PY) tests/quick_v2.py
-	$(BIN)/pytest -q tests -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/pytest -q tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # An example is 3-4 generated requests, each sent to both versions: FUZZ_EXAMPLES=650 is ~2,250 requests a version.
 FUZZ_EXAMPLES ?= 650
