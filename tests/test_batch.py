@@ -13,7 +13,6 @@ import torch
 from sentiment.ops import batch_predict
 import quick_v2
 from sentiment.ops.batch_predict import Endpoint, run, score_frame
-from sentiment.ops.torchserve import LocalTorchServe
 from sentiment.serving.payload import Parsed, answer_chars, response_body
 from sentiment.serving.signature import Signature
 from sentiment.data import load_dataset
@@ -242,11 +241,11 @@ def test_lone_surrogates_are_marked_and_every_format_is_written(export_dir, tmp_
 # --- --endpoint: the served version's signature and limits ----------------------------------------------
 
 @pytest.fixture(scope="module")
-def v2_default():
+def v2_default(both_versions):
     """v1 and the quick v2 (tests/quick_v2.py) on one TorchServe, v2 the default version (as `make serve VERSION=2`)."""
-    with LocalTorchServe(quick_v2.build(), models="sentiment.mar,sentiment_v2.mar") as ts:
-        ts.admin.set_default("2")
-        yield ts
+    both_versions.admin.set_default("2")
+    yield both_versions
+    both_versions.admin.set_default("1")
 
 
 def write_texts(path, texts):

@@ -73,9 +73,9 @@ def v1(v1_store, tmp_path_factory) -> tuple[Signature, dict]:
 
 
 @pytest.fixture(scope="module")
-def ts(v1_store):
-    with LocalTorchServe(v1_store) as server:
-        yield server
+def ts(server):
+    """The shared v1 server: these tests leave its workers as they found them (and check it)."""
+    return server
 
 
 # --- defect 1: an explanation answer is bounded by the words the model reads ------------------------------

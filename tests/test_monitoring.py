@@ -169,33 +169,33 @@ def test_committed_rules_are_generated_from_the_signature(export_dir, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_make_monitor_follows_the_served_versions_and_leaves_the_tree_clean(tmp_path):
+def test_make_monitor_follows_the_served_versions_and_leaves_the_tree_clean(both_versions, tmp_path):
     """`make monitor` against a TorchServe serving v1 and the quick v2, v2 the default (as `make serve
     VERSION=2`), with a private Prometheus: its rules hold both references (each the served archive's) and
     each version's latency threshold, "default" judged by v2's; the committed rules are not rewritten and
     what it writes by default is ignored by git. Run again, it reloads."""
-    store = quick_v2.build()
+    store, ts = quick_v2.build(), both_versions
     committed = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in PROMETHEUS_DIR.rglob("*.yml")}
     home, url = tmp_path / "prometheus", f"http://127.0.0.1:{free_port()}"
-    with LocalTorchServe(store, models="sentiment.mar,sentiment_v2.mar") as ts:
-        ts.admin.set_default("2")
-        monitor = ["make", "-s", "monitor", f"MANAGEMENT={ts.management}", f"METRICS={ts.metrics}", f"PROMETHEUS={url}",
-                   f"PROM_HOME={home}", f"STORE={store}"]
-        try:
-            run = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
-            assert run.returncode == 0, run.stdout + run.stderr
-            rules = [rule for group in requests.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"] for rule in group["rules"]]
-            deadline = time.monotonic() + 20  # the scrape target is discovered a moment after ready
-            while not (targets := requests.get(url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.2)
-            again = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        finally:
-            pid = int((home / "prometheus.pid").read_text())
-            prometheus = psutil.Process(pid)
-            assert prometheus.name() == "prometheus" and str(home) in " ".join(prometheus.cmdline())
-            prometheus.terminate()
-            prometheus.wait(timeout=30)
+    ts.admin.set_default("2")
+    monitor = ["make", "-s", "monitor", f"MANAGEMENT={ts.management}", f"METRICS={ts.metrics}", f"PROMETHEUS={url}",
+               f"PROM_HOME={home}", f"STORE={store}"]
+    try:
+        run = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        rules = [rule for group in requests.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"] for rule in group["rules"]]
+        deadline = time.monotonic() + 20  # the scrape target is discovered a moment after ready
+        while not (targets := requests.get(url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        again = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        ts.admin.set_default("1")
+        pid = int((home / "prometheus.pid").read_text())
+        prometheus = psutil.Process(pid)
+        assert prometheus.name() == "prometheus" and str(home) in " ".join(prometheus.cmdline())
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
     served = {}
     for version, mar in (("1", "sentiment.mar"), ("2", "sentiment_v2.mar")):
         with zipfile.ZipFile(store / mar) as archive:
@@ -382,20 +382,18 @@ def pools():
     return {"in_distribution": in_distribution, "negative": negative, "long": long_reviews, "masked": masked}
 
 
-def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature, pools, scrape, tmp_path):
-    """Serve, watch, send in-distribution traffic (no alert), then only negative reviews, long reviews,
-    and snippets without their sentiment words: the alerts go pending and fire, seen through
-    Prometheus' API; drift_report agrees."""
+def test_demo_drift_alerts_fire_through_a_real_prometheus(server, export_dir, signature, pools, scrape, tmp_path):
+    """Serve (the shared v1 server: Prometheus sees only what happens after it starts), watch, send
+    in-distribution traffic (no alert), then only negative reviews, long reviews, and snippets without
+    their sentiment words: the alerts go pending and fire, seen through Prometheus' API; drift_report agrees."""
     home = Path(tempfile.mkdtemp(prefix="prometheus-demo-"))
     timings = {}
     started = time.monotonic()
     rules = home / "rules"
     generate_rules(export_dir, rules, DEMO_WINDOW)
-    ts = LocalTorchServe(MODEL_STORE)
+    ts = server
     prometheus = traffic = None
     try:
-        ts.start()
-        timings["torchserve_start_s"] = time.monotonic() - started
         url = ts.inference + "/predictions/sentiment"
         assert requests.post(url, json={"texts": pools["in_distribution"][:8]}, timeout=30).status_code == 200
 
@@ -408,8 +406,9 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
             assert served and served <= set(bounds), (family, served)
         assert bins
 
+        before = time.monotonic()
         prometheus = Prometheus(fast_config(ts, rules), home).start()
-        timings["prometheus_start_s"] = time.monotonic() - started - timings["torchserve_start_s"]
+        timings["prometheus_start_s"] = time.monotonic() - before
 
         # 1. In-distribution traffic (the validation split) for a window and more: no drift alert.
         traffic = Traffic(url)
@@ -475,7 +474,6 @@ def test_demo_drift_alerts_fire_through_a_real_prometheus(export_dir, signature,
             traffic.join(timeout=30)
         if prometheus is not None:
             prometheus.stop()
-        ts.stop()
         shutil.rmtree(home, ignore_errors=True)
     assert prometheus.process.poll() is not None, "Prometheus outlived the test"
     out = ROOT / "build" / "monitoring-demo.json"  # the measured times, for the README
