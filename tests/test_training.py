@@ -383,7 +383,7 @@ def test_no_fresh_held_out_text_is_in_the_training_set(dataset):
     again = set(data.subsets(texts, labels, more)["fresh_test"][0])
     assert again == {t for t in more.texts if t in held_out}
     # and sentiment/ops/evaluate.py --held-out scores exactly these rows
-    assert evaluate.held_out_rows(fresh.texts[:2000], fresh.labels[:2000]) == tuple(
+    assert data.held_out_rows(fresh.texts[:2000], fresh.labels[:2000]) == tuple(
         [part[i] for i, t in enumerate(fresh.texts[:2000]) if t in held_out] for part in (fresh.texts, fresh.labels))
 
 

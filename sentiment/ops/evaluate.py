@@ -23,7 +23,6 @@ compared directly: the served model should score exactly what training reported.
 """
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import requests
 from sklearn.metrics import roc_auc_score
 
+from sentiment.data import held_out_rows, held_out_test_split, load_labelled
 from sentiment.serving.signature import MODEL_NAME, Signature
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         texts, labels = held_out_test_split()
     result = evaluate_served(texts, labels, signature, args.url, args.model, args.version, args.chunk)
-    result["data"] = (str(args.data) + (" (rows held out of training: train.is_held_out)" if args.held_out else "")
+    result["data"] = (str(args.data) + (" (rows held out of training: data.is_held_out)" if args.held_out else "")
                       if args.data else "held-out test split (train.split, SPLIT_SEED)")
     text = json.dumps(result, indent=2)
     print(text)

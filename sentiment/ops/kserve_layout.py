@@ -27,7 +27,6 @@ archive's own model-config.yaml, so the pod serves exactly as the archive was bu
 import argparse
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 

@@ -454,7 +454,7 @@ class Promotion:
             for path in args.fresh:
                 more = data.load_labelled(path, candidate.labels)
                 texts, labels = texts + more[0], labels + more[1]
-            self.labelled["fresh_held_out"] = evaluate.held_out_rows(texts, labels)
+            self.labelled["fresh_held_out"] = data.held_out_rows(texts, labels)
         source = args.shadow or SHADOW_SOURCE
         if not source.exists():
             raise Precondition(f"no shadow traffic: {source} does not exist (--shadow FILE: a sample of recent requests)")

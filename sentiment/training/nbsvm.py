@@ -29,9 +29,8 @@ from scipy.special import expit
 from sklearn.metrics import log_loss, roc_auc_score
 from tqdm import tqdm
 
-from sentiment.data import DATA_DIR, IMDB_DIR, SPLIT_SEED, Fresh, load_dataset, load_imdb, subsets
+from sentiment.data import DATA_DIR, FRESH_HELD_OUT, IMDB_DIR, SPLIT_SEED, Fresh, load_dataset, load_imdb, subsets
 from sentiment.serving.core import ModelConfig, SentimentClassifier, naive_bayes_scale, predict_proba
-from sentiment.serving.signature import Signature
 from sentiment.serving.text import Encoder, Features, build_vocab
 
 FEATURES = Features(word_ngram=2, char_low=2, char_high=5)  # see text.Features
