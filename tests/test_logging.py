@@ -12,10 +12,11 @@ import requests
 PREDICT = "/predictions/sentiment"
 
 
-def wait_for(server, name: str, needle: str, count: int = 1, timeout: float = 10) -> str:
-    """The log `name` once it holds `needle` `count` times (the frontend writes the workers' lines asynchronously)."""
+def wait_for(server, name: str, needle: str, count: int = 1, timeout: float = 10, since: int = 0) -> str:
+    """The log `name` once it holds `needle` `count` times after its first `since` characters (the frontend writes
+    the workers' lines asynchronously; the server is shared, so earlier tests' lines do not count)."""
     deadline = time.monotonic() + timeout
-    while server.log(name).count(needle) < count and time.monotonic() < deadline:
+    while server.log(name)[since:].count(needle) < count and time.monotonic() < deadline:
         time.sleep(0.2)
     return server.log(name)
 
@@ -59,7 +60,7 @@ def test_a_malformed_body_costs_three_log_lines_not_a_traceback(server):
     for body in bodies:
         answer = requests.post(server.inference + PREDICT, data=body, headers={"Content-Type": "application/json"}, timeout=10)
         assert answer.status_code == 400 and answer.json()["kind"] in ("invalid_json", "invalid_utf8"), answer.text
-    new = wait_for(server, "model_log.log", "answered 400 (invalid_", count=len(bodies))[before:]
+    new = wait_for(server, "model_log.log", "answered 400 (invalid_", count=len(bodies), since=before)[before:]
     messages = [line.split(" MODEL_LOG - ", 1)[-1] for line in new.splitlines()]
     assert sum("answered 400 (invalid_" in m for m in messages) == len(bodies), messages
     warnings = [i for i, m in enumerate(messages) if m == "Failed json decoding of input data. Forwarding encoded payload"]
