@@ -22,7 +22,8 @@ import pytest
 from sentiment.ops.torchserve import ROOT, free_port
 from test_readme import PAGES, TEXT, blocks, without_comments
 
-PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082}
+# every port `make serve` binds, gRPC too: a fixed one collides with a parallel test's server (test_make_serve uses the defaults when free)
+PORTS = {"INFERENCE_PORT": 8080, "MANAGEMENT_PORT": 8081, "METRICS_PORT": 8082, "GRPC_INFERENCE_PORT": 7070, "GRPC_MANAGEMENT_PORT": 7071}
 STEP_TIMEOUT = 120  # s; the slowest step, Spark, takes ~20-30
 OLD = 946684800  # 2000-01-01: the clone's files older than the copied build, so that make rebuilds nothing it need not
 
