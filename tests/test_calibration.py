@@ -230,15 +230,16 @@ def test_masking_removes_sentiment_words_and_keeps_the_rest():
 
 # --- v2 -----------------------------------------------------------------------------------------------
 
-def test_v2_export_is_calibrated_and_its_estimate_holds(parts):
-    """The quick v2's export carries its own calibration and reference estimate, and the estimate holds on
-    its test split (the real v2, not built here, is not measured)."""
+def test_v2_export_is_calibrated_on_its_served_core(parts):
+    """The quick v2's export carries its own calibration, and its reference estimate is that of the served
+    (int8) core's calibrated answers on the test split. Whether that estimate holds is not asserted here:
+    the real v2's does not on snippets (issue 25's shortfall, docs/models.md), and a 40-step model's
+    varies from build to build."""
     quick_v2.build()
     signature = Signature.load(quick_v2.EXPORT)
-    assert signature.calibration["method"] in export.CALIBRATION_METHODS and export.increasing(signature.calibration)
     core, encoder = load_core(quick_v2.EXPORT, signature), load_encoder(quick_v2.EXPORT, signature)
-    texts, labels = parts["test"]
+    texts = parts["test"][0]
     served = labelled(predict_proba(core, texts, encoder).tolist(), signature, encoder.lengths(texts))[0]
+    assert signature.calibration["method"] in export.CALIBRATION_METHODS and export.increasing(signature.calibration)
     assert drift.estimated_accuracy(served) == pytest.approx(signature.reference["estimated_accuracy"], abs=1e-4)
-    ok, accuracy, estimate = within(served, labels, signature.threshold)
-    assert ok, (accuracy, estimate)
+

@@ -46,7 +46,7 @@ CLEAR = {  # text -> words one of which must be its top word (largest |contribut
     POSITIVE: {"gorgeous", "moving", "wonderful"},
     "One of the most beautiful and touching films of the year; a delight.": {"beautiful", "touching", "delight"},
     "It's a masterpiece: funny, warm and brilliantly acted.": {"masterpiece", "funny", "warm", "brilliantly"},
-    NEGATIVE: {"dull", "lifeless", "tedious", "waste"},
+    NEGATIVE: {"dull", "lifeless", "tedious", "waste", "too"},  # "far too long": a review's complaint v2 learns from IMDB
     "A boring, incoherent mess with a terrible script.": {"boring", "incoherent", "mess", "terrible"},
     "The worst film I have seen in years: tedious and stupid.": {"worst", "tedious", "stupid"},
 }
