@@ -493,8 +493,10 @@ def test_worst_admissible_batch_is_answered_within_the_timeout(ts, served, versi
     async def blockers_then_batch() -> list[Outcome]:
         from bench.loadgen import client_session, send
         async with client_session(64, 3 * config["responseTimeout"]) as session:
-            blockers = [asyncio.create_task(send(session, ts.inference, worst)) for _ in range(2)]  # one per worker
-            await asyncio.sleep(0.3)
+            blockers = []
+            for _ in range(2):  # one per worker: apart, so that the frontend cannot batch the two together (maxBatchDelay 1 ms)
+                blockers.append(asyncio.create_task(send(session, ts.inference, worst)))
+                await asyncio.sleep(0.2)
             return await asyncio.gather(*blockers, *(send(session, ts.inference, worst) for _ in range(config["batchSize"])))
 
     outcomes = asyncio.run(blockers_then_batch())
