@@ -108,7 +108,8 @@ def check_good(outcomes: list[Outcome], served) -> None:
         text = json.loads(request.body)["text"]
         raw = predict_proba(served[version]["core"], [text], served[version]["encoder"]).item()
         expected = served[version]["signature"].calibrate(raw, served[version]["encoder"].lengths([text])[0])
-        tolerance = max(TOLERANCE[version], served[version]["signature"].batch_tolerance)  # its batch-mates are the odd requests
+        # its batch-mates are the odd requests; batch_tolerance is measured on export's probe texts: twice it
+        tolerance = max(TOLERANCE[version], 2 * served[version]["signature"].batch_tolerance)
         assert answer["model_version"] == version and abs(answer["probability"] - expected) <= tolerance, (answer, expected)
 
 
